@@ -1,0 +1,189 @@
+//! The definition commands of the CLI: `validate`, `render`, and finding the
+//! one VM `launch` runs. Prints for people (stdout for results, stderr for
+//! problems); all parsing is `vmpod::spec`'s.
+
+use std::collections::BTreeSet;
+use std::path::Path;
+use std::process::ExitCode;
+
+use vmpod::spec::config::VmConfig;
+use vmpod::spec::quantity::format_bytes;
+use vmpod::spec::{self, Definition, Document, Ignored, Valid};
+
+use crate::{report, Format};
+
+/// Exit status for a definition that cannot be used.
+const DEFINITION_ERROR: u8 = 2;
+
+pub fn validate(files: &[std::path::PathBuf], quiet: bool) -> ExitCode {
+    let mut failed = false;
+    let mut definitions_seen = 0;
+    for file in files {
+        let shown = file.display();
+        let documents = match spec::read_file(file) {
+            Ok(documents) => documents,
+            Err(error) => {
+                report(&error);
+                failed = true;
+                continue;
+            }
+        };
+        for document in documents {
+            match document {
+                Document::Skipped { origin } => {
+                    println!("{shown}: {origin}: skipped (not a VM definition)")
+                }
+                Document::Vm(Definition {
+                    origin,
+                    outcome: Ok(valid),
+                }) => {
+                    definitions_seen += 1;
+                    println!("{shown}: {origin}: ok ({})", summary(&valid.config));
+                    if !quiet {
+                        for ignored in &valid.ignored {
+                            println!("  ignored: {}: {}", ignored.path, ignored.reason);
+                        }
+                    }
+                }
+                Document::Vm(Definition {
+                    origin,
+                    outcome: Err(problems),
+                }) => {
+                    definitions_seen += 1;
+                    failed = true;
+                    print_problems(&format!("{shown}: {origin}"), &problems);
+                }
+            }
+        }
+    }
+    if definitions_seen == 0 && !failed {
+        eprintln!(
+            "vmpod: error: no VirtualMachine or VirtualMachineInstance found in the given files"
+        );
+        failed = true;
+    }
+    if failed {
+        ExitCode::from(DEFINITION_ERROR)
+    } else {
+        ExitCode::SUCCESS
+    }
+}
+
+fn print_problems(context: &str, problems: &[spec::Problem]) {
+    let count = problems.len();
+    eprintln!(
+        "{context}: {count} problem{}",
+        if count == 1 { "" } else { "s" }
+    );
+    for problem in problems {
+        eprintln!("  {problem}");
+    }
+}
+
+/// `1 vCPU, 128Mi, 2 disks, 1 NIC`.
+fn summary(config: &VmConfig) -> String {
+    let plural =
+        |count: usize, word: &str| format!("{count} {word}{}", if count == 1 { "" } else { "s" });
+    format!(
+        "{}, {} memory, {}, {}",
+        plural(config.cpu.vcpus() as usize, "vCPU"),
+        format_bytes(config.memory_bytes),
+        plural(config.disks.len(), "disk"),
+        plural(config.nics.len(), "NIC"),
+    )
+}
+
+/// Finds exactly one valid VM in a file, or explains why not.
+pub fn load_one(file: &Path, name: Option<&str>) -> Result<Valid, ExitCode> {
+    let documents = spec::read_file(file).map_err(|error| {
+        report(&error);
+        ExitCode::from(DEFINITION_ERROR)
+    })?;
+    let mut matching: Vec<Definition> = documents
+        .into_iter()
+        .filter_map(|document| match document {
+            Document::Vm(definition) => Some(definition),
+            Document::Skipped { .. } => None,
+        })
+        .filter(|definition| name.is_none_or(|wanted| definition_name(definition) == Some(wanted)))
+        .collect();
+    let shown = file.display();
+    match matching.len() {
+        1 => {}
+        0 => {
+            let what = name.map_or(String::new(), |n| format!(" named {n:?}"));
+            eprintln!("vmpod: error: {shown}: no VirtualMachine or VirtualMachineInstance{what}");
+            return Err(ExitCode::from(DEFINITION_ERROR));
+        }
+        count => {
+            eprintln!("vmpod: error: {shown}: {count} VM definitions; choose one with --name");
+            return Err(ExitCode::from(DEFINITION_ERROR));
+        }
+    }
+    let definition = matching.remove(0);
+    match definition.outcome {
+        Ok(valid) => {
+            log_ignored_once(&valid.ignored);
+            Ok(valid)
+        }
+        Err(problems) => {
+            print_problems(&format!("{shown}: {}", definition.origin), &problems);
+            Err(ExitCode::from(DEFINITION_ERROR))
+        }
+    }
+}
+
+fn definition_name(definition: &Definition) -> Option<&str> {
+    // Origins read `Kind namespace/name` or `Kind name`.
+    let last_word = definition.origin.rsplit(' ').next()?;
+    Some(last_word.rsplit('/').next().unwrap_or(last_word))
+}
+
+fn log_ignored_once(ignored: &[Ignored]) {
+    let mut logged = BTreeSet::new();
+    for field in ignored {
+        if logged.insert(&field.path) {
+            log::info!("ignored {}: {}", field.path, field.reason);
+        }
+    }
+}
+
+pub fn render(file: &Path, name: Option<&str>, format: Format) -> ExitCode {
+    let valid = match load_one(file, name) {
+        Ok(valid) => valid,
+        Err(code) => return code,
+    };
+    let text = match format {
+        Format::Yaml => serde_norway::to_string(&valid.config).map_err(|e| e.to_string()),
+        Format::Json => serde_json::to_string_pretty(&valid.config)
+            .map(|json| json + "\n")
+            .map_err(|e| e.to_string()),
+    };
+    match text {
+        Ok(text) => {
+            print!("{text}");
+            ExitCode::SUCCESS
+        }
+        Err(error) => {
+            eprintln!("vmpod: error: cannot print the configuration: {error}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+pub fn launch(file: &Path, name: Option<&str>) -> ExitCode {
+    match load_one(file, name) {
+        Ok(valid) => {
+            log::info!(
+                "VM {} ({}) is valid",
+                valid.config.identity.name,
+                summary(&valid.config)
+            );
+            eprintln!(
+                "vmpod: error: this build of vmpod cannot boot VMs yet (the VMM is not built in)"
+            );
+            ExitCode::FAILURE
+        }
+        Err(code) => code,
+    }
+}

@@ -1,0 +1,8 @@
+//! vmpod: a VM in a pod. The container entrypoint reads a VM definition,
+//! builds a KVM microVM in its own process and serves the VM's consoles as
+//! Unix sockets that the `/vm/*` helpers relay to stdio.
+//!
+//! Data flows one way: `spec` (definitions → `VmConfig`) → `vmm`.
+
+pub mod logging;
+pub mod spec;

@@ -1,0 +1,157 @@
+//! The `vmpod` multi-call binary: `launch`, `validate`, `render`, and the
+//! client roles (`serial`, `monitor`, `qmp`, `vnc`, `ready`), which it also
+//! takes when invoked through a link of that name (`/vm/serial`, …).
+//!
+//! Exit status: 0 success, 1 runtime failure, 2 bad definition or usage.
+
+mod definitions;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+const AFTER_HELP: &str = "\
+In a pod, the image's entrypoint runs `vmpod launch`. Reach the VM with:
+  kubectl exec -it POD -- /vm/serial      serial console (Ctrl-] detaches)
+  kubectl exec -it POD -- /vm/monitor     human monitor
+  kubectl exec -i  POD -- /vm/qmp         QMP, for QEMU's client libraries
+  socat SYSTEM:\"kubectl exec -i POD -- /vm/vnc\" tcp-listen:5942   then a VNC viewer
+
+Check a definition before deploying it:
+  vmpod validate vm.yaml       every problem, with its YAML path
+  vmpod render vm.yaml         the VM vmpod would build from it
+
+Set VMPOD_LOG=debug for more detail.";
+
+#[derive(Parser)]
+#[command(
+    name = "vmpod",
+    version,
+    about = "A VM in a pod: runs a KubeVirt-shaped VM as a KVM microVM inside its own container",
+    after_help = AFTER_HELP,
+    disable_help_subcommand = true
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Boot the VM of a definition and serve its consoles (the pod's entrypoint)
+    Launch {
+        /// VM definition: a VirtualMachine or VirtualMachineInstance, YAML or JSON
+        #[arg(long, short = 'f', value_name = "FILE")]
+        file: PathBuf,
+        /// Which VM, when the file holds several
+        #[arg(long)]
+        name: Option<String>,
+    },
+    /// Check VM definitions and print every problem with its YAML path
+    Validate {
+        /// Files holding VirtualMachine, VirtualMachineInstance, ConfigMap or List objects;
+        /// other kinds of object are skipped
+        #[arg(required = true, value_name = "FILE")]
+        files: Vec<PathBuf>,
+        /// Do not list the fields that were accepted but change nothing
+        #[arg(long, short = 'q')]
+        quiet: bool,
+    },
+    /// Print the VM configuration a definition resolves to
+    Render {
+        #[arg(value_name = "FILE")]
+        file: PathBuf,
+        /// Which VM, when the file holds several
+        #[arg(long)]
+        name: Option<String>,
+        #[arg(long, short = 'o', value_enum, default_value_t = Format::Yaml)]
+        output: Format,
+    },
+    /// Attach to the VM's serial console (also as /vm/serial)
+    Serial,
+    /// Open the VM's human monitor (also as /vm/monitor)
+    Monitor,
+    /// Relay the VM's QMP socket to stdio (also as /vm/qmp)
+    Qmp,
+    /// Relay the VM's VNC socket to stdio (also as /vm/vnc)
+    Vnc,
+    /// Exit 0 once the VM is ready, for an exec readinessProbe (also as /vm/ready)
+    Ready,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+pub enum Format {
+    Yaml,
+    Json,
+}
+
+/// The client roles a link name selects, busybox style.
+const ROLES: &[&str] = &["serial", "monitor", "qmp", "vnc", "ready"];
+
+/// `/vm/serial --x` becomes `vmpod serial --x`.
+fn arguments_with_role(mut args: Vec<OsString>) -> Vec<OsString> {
+    let invoked_as = args
+        .first()
+        .and_then(|arg0| Path::new(arg0).file_name())
+        .and_then(|name| name.to_str())
+        .map(str::to_owned);
+    if let Some(role) = invoked_as.filter(|name| ROLES.contains(&name.as_str())) {
+        args.splice(0..1, [OsString::from("vmpod"), OsString::from(role)]);
+    }
+    args
+}
+
+/// Prints an error with every cause in its chain.
+pub fn report(error: &dyn std::error::Error) {
+    eprintln!("vmpod: error: {error}");
+    let mut source = error.source();
+    while let Some(cause) = source {
+        eprintln!("  caused by: {cause}");
+        source = cause.source();
+    }
+}
+
+fn main() -> ExitCode {
+    vmpod::logging::init();
+    let cli = Cli::parse_from(arguments_with_role(std::env::args_os().collect()));
+    match cli.command {
+        Command::Launch { file, name } => definitions::launch(&file, name.as_deref()),
+        Command::Validate { files, quiet } => definitions::validate(&files, quiet),
+        Command::Render { file, name, output } => {
+            definitions::render(&file, name.as_deref(), output)
+        }
+        Command::Serial | Command::Monitor | Command::Qmp | Command::Vnc | Command::Ready => {
+            eprintln!("vmpod: error: this client role is not yet available in this build of vmpod");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(list: &[&str]) -> Vec<OsString> {
+        list.iter().map(OsString::from).collect()
+    }
+
+    #[test]
+    fn link_names_select_a_role() {
+        assert_eq!(
+            arguments_with_role(args(&["/vm/serial", "-x"])),
+            args(&["vmpod", "serial", "-x"])
+        );
+        assert_eq!(arguments_with_role(args(&["qmp"])), args(&["vmpod", "qmp"]));
+        assert_eq!(
+            arguments_with_role(args(&["/usr/bin/vmpod", "render"])),
+            args(&["/usr/bin/vmpod", "render"])
+        );
+    }
+
+    #[test]
+    fn command_line_definition_is_consistent() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
+}
