@@ -7,9 +7,11 @@
 pub mod config;
 mod devices;
 pub mod doc;
+mod domain;
 pub mod identity;
 mod kubevirt;
 pub mod quantity;
+mod volumes;
 
 use serde::Deserialize;
 use serde_norway::Value;
@@ -17,9 +19,9 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 
 pub use config::VmConfig;
-pub use devices::PVC_MOUNT_ROOT;
 pub use doc::{Ignored, Problem};
 pub use kubevirt::VMPOD_ANNOTATIONS;
+pub use volumes::PVC_MOUNT_ROOT;
 
 /// Kubernetes objects are at most ~1.5 MB; anything far larger is a mistake.
 pub const MAX_DEFINITION_BYTES: u64 = 8 << 20;
@@ -61,6 +63,8 @@ pub struct Valid {
 }
 
 /// What one document in a file turned out to be.
+// A file holds a handful of documents: boxing would only add noise.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug)]
 pub enum Document {
     Vm(Definition),

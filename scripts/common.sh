@@ -1,0 +1,41 @@
+# Shared helpers for vmpod's scripts: sourced, not run.
+# Installs only what is missing, so a second run is quick and offline-safe.
+
+set -euo pipefail
+
+REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$REPO_ROOT/target}"
+
+say() { printf '\n==> %s\n' "$*"; }
+
+as_root() {
+    if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi
+}
+
+# ensure_packages PKG... : apt-get install the Debian packages not yet installed.
+ensure_packages() {
+    local missing=()
+    for package in "$@"; do
+        dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" \
+            || missing+=("$package")
+    done
+    [ "${#missing[@]}" -eq 0 ] && return 0
+    say "installing Debian packages: ${missing[*]}"
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get update -qq
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+}
+
+# ensure_rust: vmpod needs Rust 1.89 or newer with rustfmt and clippy.
+ensure_rust() {
+    if ! command -v cargo >/dev/null; then
+        echo "cargo is not installed. Install Rust 1.89 or newer (https://rustup.rs), then run this again." >&2
+        echo "(Debian's own cargo package is too old for vmpod's dependencies.)" >&2
+        exit 1
+    fi
+    local version
+    version="$(rustc --version | awk '{print $2}')"
+    if ! printf '1.89.0\n%s\n' "$version" | sort -V -C; then
+        echo "rustc $version is too old: vmpod needs 1.89 or newer (rustup update)." >&2
+        exit 1
+    fi
+}
