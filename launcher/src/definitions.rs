@@ -172,18 +172,22 @@ pub fn render(file: &Path, name: Option<&str>, format: Format) -> ExitCode {
 }
 
 pub fn launch(file: &Path, name: Option<&str>) -> ExitCode {
-    match load_one(file, name) {
-        Ok(valid) => {
-            log::info!(
-                "VM {} ({}) is valid",
-                valid.config.identity.name,
-                summary(&valid.config)
-            );
-            eprintln!(
-                "vmpod: error: this build of vmpod cannot boot VMs yet (the VMM is not built in)"
-            );
+    let valid = match load_one(file, name) {
+        Ok(valid) => valid,
+        Err(code) => return code,
+    };
+    let config = &valid.config;
+    log::info!(
+        "starting VM {}/{} ({})",
+        config.identity.namespace,
+        config.identity.name,
+        summary(config)
+    );
+    match vmpod::vmm::run(config) {
+        Ok(vmpod::vmm::Outcome::Poweroff) => ExitCode::SUCCESS,
+        Err(error) => {
+            report(&error);
             ExitCode::FAILURE
         }
-        Err(code) => code,
     }
 }

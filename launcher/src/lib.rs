@@ -2,7 +2,9 @@
 //! builds a KVM microVM in its own process and serves the VM's consoles as
 //! Unix sockets that the `/vm/*` helpers relay to stdio.
 //!
-//! Data flows one way: `spec` (definitions → `VmConfig`) → `vmm`.
+//! Data flows one way: `spec` (definitions → `VmConfig`) → `vmm` → `devices`.
 
+pub mod devices;
 pub mod logging;
 pub mod spec;
+pub mod vmm;

@@ -1,0 +1,217 @@
+/* Shared helpers for the 32-bit tiny guests (PVH entry: flat protected
+ * mode, paging off, %ebx = hvm_start_info). Included by each guest.
+ *
+ * Calling convention: arguments in %eax / %esi, every helper preserves
+ * all other registers. */
+
+.set COM1, 0x3f8
+.set COM1_LSR, 0x3fd
+.set START_INFO_RSDP, 32      /* hvm_start_info.rsdp_paddr */
+.set RSDP_XSDT, 24            /* RSDP (revision 2) .xsdt_address */
+.set FADT_RESET_REG_ADDR, 120 /* reset_reg.address (GAS at 116) */
+.set FADT_RESET_VALUE, 128
+.set FADT_X_DSDT, 140
+.set FADT_SLEEP_CONTROL_ADDR, 248 /* sleep_control_reg.address (GAS at 244) */
+.set SIG_FACP, 0x50434146     /* "FACP" read as a little-endian dword */
+.set SIG_APIC, 0x43495041     /* "APIC" */
+
+/* The PVH note: XEN_ELFNOTE_PHYS32_ENTRY (18), owner "Xen". */
+.section .note.pvh, "a"
+.p2align 2
+.long 4, 4, 18
+.asciz "Xen"
+.p2align 2
+.long _start
+
+.section .bss
+.p2align 4
+stack_bottom:
+.skip 16384
+stack_top:
+start_info:
+.skip 4
+
+.section .data
+.p2align 3
+gdt:
+.quad 0                          /* null */
+.quad 0x00cf9a000000ffff         /* 0x08: flat 32-bit code */
+.quad 0x00cf92000000ffff         /* 0x10: flat data */
+gdt_end:
+gdt_pointer:
+.word gdt_end - gdt - 1
+.long gdt
+
+.section .text
+.code32
+
+/* Common entry work: own GDT and stack, remember start_info. */
+.macro GUEST_ENTRY
+    cli
+    lgdt gdt_pointer
+    ljmp $0x08, $1f
+1:  mov $0x10, %ax
+    mov %ax, %ds
+    mov %ax, %es
+    mov %ax, %ss
+    mov %ax, %fs
+    mov %ax, %gs
+    mov $stack_top, %esp
+    mov %ebx, start_info
+.endm
+
+/* putc: write %al to COM1. */
+putc:
+    push %edx
+    mov $COM1, %dx
+    out %al, %dx
+    pop %edx
+    ret
+
+/* puts: write the NUL-terminated string at %esi. */
+puts:
+    push %eax
+    push %esi
+1:  lodsb
+    test %al, %al
+    jz 2f
+    call putc
+    jmp 1b
+2:  pop %esi
+    pop %eax
+    ret
+
+/* putdec: write %eax in decimal. */
+putdec:
+    pusha
+    mov $10, %ebx
+    xor %ecx, %ecx
+1:  xor %edx, %edx
+    div %ebx
+    push %edx
+    inc %ecx
+    test %eax, %eax
+    jnz 1b
+2:  pop %eax
+    add $'0', %al
+    call putc
+    loop 2b
+    popa
+    ret
+
+/* puthex: write %eax as 0x followed by 8 hex digits. */
+puthex:
+    pusha
+    mov %eax, %edx
+    mov $'0', %al
+    call putc
+    mov $'x', %al
+    call putc
+    mov $8, %ecx
+1:  rol $4, %edx
+    mov %dl, %al
+    and $0xf, %al
+    add $'0', %al
+    cmp $'9', %al
+    jbe 2f
+    add $('a' - '9' - 1), %al
+2:  call putc
+    loop 1b
+    popa
+    ret
+
+/* getc: wait for a byte on COM1 (polling) and return it in %al. */
+getc:
+    push %edx
+    mov $COM1_LSR, %dx
+1:  in %dx, %al
+    test $1, %al
+    jz 1b
+    mov $COM1, %dx
+    in %dx, %al
+    pop %edx
+    ret
+
+/* find_table: %eax = signature; returns the table's address in %eax, or 0.
+ * Walks start_info → RSDP → XSDT as an OS would. */
+find_table:
+    push %ecx
+    push %edx
+    push %esi
+    mov %eax, %edx
+    mov start_info, %esi
+    mov START_INFO_RSDP(%esi), %esi
+    mov RSDP_XSDT(%esi), %esi
+    mov 4(%esi), %ecx           /* XSDT length */
+    sub $36, %ecx
+    shr $3, %ecx                /* number of 64-bit entries */
+    add $36, %esi
+1:  test %ecx, %ecx
+    jz 3f
+    mov (%esi), %eax
+    cmp %edx, (%eax)
+    je 2f
+    add $8, %esi
+    dec %ecx
+    jmp 1b
+3:  xor %eax, %eax
+2:  pop %esi
+    pop %edx
+    pop %ecx
+    ret
+
+/* s5_sleep_type: SLP_TYP of \_S5_ from the DSDT, in %eax (5 if absent). */
+s5_sleep_type:
+    push %ecx
+    push %esi
+    mov $SIG_FACP, %eax
+    call find_table
+    mov FADT_X_DSDT(%eax), %esi
+    mov 4(%esi), %ecx           /* DSDT length */
+1:  cmpl $0x5f35535f, (%esi)    /* "_S5_" */
+    je 2f
+    inc %esi
+    loop 1b
+    mov $5, %eax
+    jmp 4f
+2:  /* "_S5_" PackageOp PkgLength NumElements, then the first element */
+    movzbl 7(%esi), %eax
+    cmp $0x0a, %al              /* BytePrefix */
+    jne 3f
+    movzbl 8(%esi), %eax
+    jmp 4f
+3:  cmp $0x01, %al              /* ZeroOp is 0, OneOp is 1 */
+    jbe 4f
+    mov $5, %eax
+4:  pop %esi
+    pop %ecx
+    ret
+
+/* acpi_poweroff: SLP_TYP(\_S5_) | SLP_EN into the FADT's sleep control
+ * register, as a hardware-reduced ACPI OS does. Does not return. */
+acpi_poweroff:
+    call s5_sleep_type
+    shl $2, %eax
+    or $0x20, %eax              /* SLP_EN */
+    mov %eax, %ecx
+    mov $SIG_FACP, %eax
+    call find_table
+    mov FADT_SLEEP_CONTROL_ADDR(%eax), %edx
+    mov %cl, %al
+    out %al, %dx
+    jmp hang
+
+/* acpi_reset: the FADT's reset value into its reset register. */
+acpi_reset:
+    mov $SIG_FACP, %eax
+    call find_table
+    mov FADT_RESET_REG_ADDR(%eax), %edx
+    mov FADT_RESET_VALUE(%eax), %al
+    out %al, %dx
+    jmp hang
+
+/* hang: stop this CPU for good. */
+hang:
+    cli
+1:  hlt
+    jmp 1b

@@ -1,0 +1,25 @@
+//! Builds the tiny test guests from source (guests/*.S, with binutils) so
+//! that tests and the demo never depend on checked-in binaries. The guests
+//! land in $OUT_DIR/guests; VMPOD_GUESTS_DIR tells the tests where.
+
+use std::path::PathBuf;
+use std::process::Command;
+
+fn main() {
+    let manifest_dir = PathBuf::from(std::env::var_os("CARGO_MANIFEST_DIR").expect("set by cargo"));
+    let guests = manifest_dir.join("../guests");
+    let out = PathBuf::from(std::env::var_os("OUT_DIR").expect("set by cargo")).join("guests");
+    println!("cargo:rerun-if-changed={}", guests.display());
+    let status = Command::new("sh")
+        .arg(guests.join("build.sh"))
+        .arg(&out)
+        .status();
+    match status {
+        Ok(status) if status.success() => {}
+        Ok(status) => {
+            panic!("guests/build.sh failed ({status}); it needs binutils (as, ld, objcopy)")
+        }
+        Err(error) => panic!("cannot run guests/build.sh: {error}"),
+    }
+    println!("cargo:rustc-env=VMPOD_GUESTS_DIR={}", out.display());
+}

@@ -1,0 +1,21 @@
+//! Emulated devices. Each device owns its register logic; the VMM places
+//! it on a bus and relays guest accesses from the vCPU threads. Devices ask
+//! the VMM for lifecycle changes (poweroff, reset) through [`VmRequest`]s;
+//! they never reach into the VMM.
+
+pub mod bus;
+pub mod legacy;
+
+/// What a device (or a vCPU) asks of the VMM.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum VmRequest {
+    /// The guest powered off (ACPI S5).
+    Poweroff,
+    /// The guest asked for a reset; the reason is for the log.
+    Reset(&'static str),
+    /// Something went wrong that stops the VM.
+    Fatal(String),
+}
+
+/// Where devices send their requests.
+pub type RequestSender = std::sync::mpsc::Sender<VmRequest>;

@@ -1,0 +1,254 @@
+//! ACPI tables for a hardware-reduced x86 platform: RSDP, XSDT, FADT (sleep
+//! control/status and reset registers), MADT (one local APIC per vCPU, the
+//! IOAPIC) and a DSDT describing the VM's devices and `\_S5_`.
+//!
+//! Pure: builds bytes for a given set of facts; the boot code writes them
+//! into guest memory at [`layout::ACPI_START`]. VMM thread only.
+
+use acpi_tables::aml;
+use acpi_tables::fadt::{FADTBuilder, Flags};
+use acpi_tables::gas::{AccessSize, AddressSpace, GAS};
+use acpi_tables::rsdp::Rsdp;
+use acpi_tables::sdt::Sdt;
+use acpi_tables::xsdt::XSDT;
+use acpi_tables::Aml;
+
+use super::layout;
+
+const OEM_ID: [u8; 6] = *b"VMPOD ";
+const OEM_TABLE_ID: [u8; 8] = *b"VMPODVM ";
+const OEM_REVISION: u32 = 1;
+
+/// FADT IA-PC boot architecture flags (ACPI 6.5, 5.2.9.3).
+const BOOT_ARCH_8042: u16 = 1 << 1;
+const BOOT_ARCH_VGA_NOT_PRESENT: u16 = 1 << 2;
+const BOOT_ARCH_NO_CMOS_RTC: u16 = 1 << 5;
+
+/// MADT structure types and flags (ACPI 6.5, 5.2.12).
+const MADT_PCAT_COMPAT: u32 = 1;
+const MADT_LOCAL_APIC: u8 = 0;
+const MADT_IO_APIC: u8 = 1;
+const MADT_LOCAL_APIC_NMI: u8 = 4;
+const LOCAL_APIC_ENABLED: u32 = 1;
+
+/// What the tables describe.
+pub struct AcpiFacts<'a> {
+    /// APIC id of each vCPU, in vCPU order.
+    pub apic_ids: &'a [u32],
+}
+
+/// Tables ready to be copied into guest memory.
+pub struct AcpiTables {
+    /// (guest address, bytes) of each table, RSDP first.
+    pub blobs: Vec<(u64, Vec<u8>)>,
+    pub rsdp_address: u64,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("the ACPI tables need {needed} bytes but only {available} fit below 1 MiB")]
+pub struct AcpiTooLarge {
+    needed: u64,
+    available: u64,
+}
+
+fn align16(address: u64) -> u64 {
+    address.div_ceil(16) * 16
+}
+
+pub fn build(facts: &AcpiFacts) -> Result<AcpiTables, AcpiTooLarge> {
+    let dsdt = dsdt();
+    let madt = madt(facts.apic_ids);
+    let rsdp_address = layout::ACPI_START;
+    let xsdt_address = align16(rsdp_address + Rsdp::len() as u64);
+    let xsdt_len = 36 + 2 * 8;
+    let dsdt_address = align16(xsdt_address + xsdt_len);
+    let fadt_address = align16(dsdt_address + dsdt.len() as u64);
+    let madt_address = align16(fadt_address + acpi_tables::fadt::FADT::len() as u64);
+    let end = madt_address + madt.len() as u64;
+    if end > layout::ACPI_END {
+        return Err(AcpiTooLarge {
+            needed: end - layout::ACPI_START,
+            available: layout::ACPI_END - layout::ACPI_START,
+        });
+    }
+    let fadt = fadt(dsdt_address);
+    let mut xsdt = XSDT::new(OEM_ID, OEM_TABLE_ID, OEM_REVISION);
+    xsdt.add_entry(fadt_address);
+    xsdt.add_entry(madt_address);
+    Ok(AcpiTables {
+        blobs: vec![
+            (rsdp_address, aml_bytes(&Rsdp::new(OEM_ID, xsdt_address))),
+            (xsdt_address, aml_bytes(&xsdt)),
+            (dsdt_address, dsdt),
+            (fadt_address, fadt),
+            (madt_address, madt),
+        ],
+        rsdp_address,
+    })
+}
+
+fn aml_bytes(object: &dyn Aml) -> Vec<u8> {
+    let mut bytes = Vec::new();
+    object.to_aml_bytes(&mut bytes);
+    bytes
+}
+
+fn io_register(port: u16) -> GAS {
+    GAS::new(
+        AddressSpace::SystemIo,
+        8,
+        0,
+        AccessSize::ByteAccess,
+        u64::from(port),
+    )
+}
+
+fn fadt(dsdt_address: u64) -> Vec<u8> {
+    let mut builder = FADTBuilder::new(OEM_ID, OEM_TABLE_ID, OEM_REVISION)
+        .flag(Flags::HwReducedAcpi)
+        .flag(Flags::ResetRegSup)
+        .dsdt_64(dsdt_address);
+    builder.iapc_boot_arch =
+        (BOOT_ARCH_8042 | BOOT_ARCH_VGA_NOT_PRESENT | BOOT_ARCH_NO_CMOS_RTC).into();
+    builder.sleep_control_reg = io_register(layout::ACPI_SLEEP_CONTROL_PORT);
+    builder.sleep_status_reg = io_register(layout::ACPI_SLEEP_STATUS_PORT);
+    builder.reset_reg = io_register(layout::ACPI_RESET_PORT);
+    builder.reset_value = layout::ACPI_RESET_VALUE;
+    builder.hypervisor_vendor_identity = u64::from_le_bytes(*b"VMPOD\0\0\0").into();
+    aml_bytes(&builder.finalize())
+}
+
+fn madt(apic_ids: &[u32]) -> Vec<u8> {
+    let mut table = Sdt::new(*b"APIC", 44, 5, OEM_ID, OEM_TABLE_ID, OEM_REVISION);
+    table.write_u32(36, layout::LAPIC_ADDR as u32);
+    table.write_u32(40, MADT_PCAT_COMPAT);
+    for (uid, apic_id) in apic_ids.iter().enumerate() {
+        table.append_slice(&[MADT_LOCAL_APIC, 8, uid as u8, *apic_id as u8]);
+        table.append_slice(&LOCAL_APIC_ENABLED.to_le_bytes());
+    }
+    let io_apic_id = apic_ids.len() as u8;
+    table.append_slice(&[MADT_IO_APIC, 12, io_apic_id, 0]);
+    table.append_slice(&(layout::IOAPIC_ADDR as u32).to_le_bytes());
+    table.append_slice(&0u32.to_le_bytes()); // GSI base
+                                             // LINT1 of every processor (uid 0xff) is the NMI line.
+    table.append_slice(&[MADT_LOCAL_APIC_NMI, 6, 0xff, 0, 0, 1]);
+    table.update_checksum();
+    table.as_slice().to_vec()
+}
+
+/// One `Device` under `\_SB` with a PNP id and its resources, as AML.
+fn legacy_device(name: &str, pnp_id: &str, resources: &[&dyn Aml]) -> Vec<u8> {
+    aml_bytes(&aml::Device::new(
+        format!("_SB_.{name}").as_str().into(),
+        vec![
+            &aml::Name::new("_HID".into(), &aml::EISAName::new(pnp_id)),
+            &aml::Name::new("_UID".into(), &aml::ONE),
+            &aml::Name::new(
+                "_CRS".into(),
+                &aml::ResourceTemplate::new(resources.to_vec()),
+            ),
+        ],
+    ))
+}
+
+fn dsdt() -> Vec<u8> {
+    let com1_port = aml::IO::new(layout::COM1_PORT, layout::COM1_PORT, 1, 8);
+    let com1_irq = aml::Interrupt::new(true, true, false, false, layout::COM1_IRQ);
+    let keyboard_data = aml::IO::new(layout::I8042_PORT, layout::I8042_PORT, 1, 1);
+    let keyboard_command = aml::IO::new(layout::I8042_PORT + 4, layout::I8042_PORT + 4, 1, 1);
+    let keyboard_irq = aml::Interrupt::new(true, true, false, false, 1);
+    let s5 = aml_bytes(&aml::Name::new(
+        "_S5_".into(),
+        &aml::Package::new(vec![&layout::S5_SLEEP_TYPE, &aml::ZERO]),
+    ));
+
+    let mut table = Sdt::new(*b"DSDT", 36, 6, OEM_ID, OEM_TABLE_ID, OEM_REVISION);
+    table.append_slice(&legacy_device("COM1", "PNP0501", &[&com1_port, &com1_irq]));
+    table.append_slice(&legacy_device(
+        "PS2K",
+        "PNP0303",
+        &[&keyboard_data, &keyboard_command, &keyboard_irq],
+    ));
+    table.append_slice(&s5);
+    table.update_checksum();
+    table.as_slice().to_vec()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tables(vcpus: u32) -> AcpiTables {
+        let apic_ids: Vec<u32> = (0..vcpus).collect();
+        build(&AcpiFacts {
+            apic_ids: &apic_ids,
+        })
+        .expect("tables fit")
+    }
+
+    fn checksum_ok(bytes: &[u8]) -> bool {
+        bytes.iter().fold(0u8, |sum, byte| sum.wrapping_add(*byte)) == 0
+    }
+
+    #[test]
+    fn every_table_checksums_and_has_its_signature() {
+        let tables = tables(2);
+        let signatures: Vec<&[u8]> = tables.blobs.iter().map(|(_, bytes)| &bytes[..4]).collect();
+        assert_eq!(
+            signatures,
+            [&b"RSD "[..], b"XSDT", b"DSDT", b"FACP", b"APIC"]
+        );
+        for (_, bytes) in &tables.blobs[1..] {
+            let length = u32::from_le_bytes(bytes[4..8].try_into().expect("4 bytes")) as usize;
+            assert_eq!(length, bytes.len());
+            assert!(checksum_ok(bytes));
+        }
+        assert!(checksum_ok(&tables.blobs[0].1[..20]));
+        assert!(checksum_ok(&tables.blobs[0].1));
+    }
+
+    #[test]
+    fn fadt_points_at_vmpods_registers() {
+        let tables = tables(1);
+        let fadt = &tables.blobs[3].1;
+        let u64_at = |offset: usize| {
+            u64::from_le_bytes(fadt[offset..offset + 8].try_into().expect("8 bytes"))
+        };
+        let flags = u32::from_le_bytes(fadt[112..116].try_into().expect("4 bytes"));
+        assert_ne!(flags & Flags::HwReducedAcpi as u32, 0);
+        assert_ne!(flags & Flags::ResetRegSup as u32, 0);
+        assert_eq!(u64_at(120), u64::from(layout::ACPI_RESET_PORT));
+        assert_eq!(fadt[128], layout::ACPI_RESET_VALUE);
+        assert_eq!(u64_at(140), tables.blobs[2].0, "X_DSDT");
+        assert_eq!(u64_at(248), u64::from(layout::ACPI_SLEEP_CONTROL_PORT));
+        assert_eq!(u64_at(260), u64::from(layout::ACPI_SLEEP_STATUS_PORT));
+    }
+
+    #[test]
+    fn madt_lists_every_vcpu() {
+        let tables = tables(4);
+        let madt = &tables.blobs[4].1;
+        let local_apics = madt[44..]
+            .chunks(8)
+            .take_while(|entry| entry[0] == MADT_LOCAL_APIC)
+            .map(|entry| entry[3])
+            .collect::<Vec<_>>();
+        assert_eq!(local_apics, [0, 1, 2, 3]);
+    }
+
+    #[test]
+    fn dsdt_carries_s5() {
+        let tables = tables(1);
+        let dsdt = &tables.blobs[2].1;
+        let at = dsdt
+            .windows(4)
+            .position(|w| w == b"_S5_")
+            .expect("_S5_ present");
+        assert_eq!(dsdt[at + 4], 0x12, "PackageOp");
+        assert_eq!(
+            &dsdt[at + 7..at + 9],
+            &[0x0a, layout::S5_SLEEP_TYPE],
+            "BytePrefix 5"
+        );
+    }
+}

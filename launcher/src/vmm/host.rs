@@ -1,0 +1,150 @@
+//! What the host and the container must provide before a VM can start:
+//! a usable /dev/kvm, and room for guest memory under the container's
+//! memory limit and on the host. Every failure says what to do.
+//!
+//! VMM thread, before anything is built.
+
+use std::path::{Path, PathBuf};
+
+use kvm_ioctls::Kvm;
+
+use crate::spec::quantity::format_bytes;
+
+pub const KVM_PATH: &std::ffi::CStr = c"/dev/kvm";
+/// What vmpod itself needs beside guest RAM (binary, threads, page tables,
+/// device buffers), rounded up generously.
+pub const VMM_OVERHEAD_BYTES: u64 = 16 << 20;
+const KVM_API_VERSION: i32 = 12;
+
+#[derive(Debug, thiserror::Error)]
+pub enum HostError {
+    #[error("/dev/kvm does not exist: this node has no KVM, or the pod does not pass the device in. In a pod, mount /dev/kvm with a hostPath volume of type CharDevice (see manifests/), on a node with hardware virtualisation")]
+    KvmMissing,
+    #[error("permission denied on /dev/kvm: run vmpod as a user in the device's group (often `kvm`) or give the container access to the device")]
+    KvmDenied,
+    #[error("cannot open /dev/kvm")]
+    KvmOpen(#[source] kvm_ioctls::Error),
+    #[error("/dev/kvm speaks KVM API version {0}, vmpod needs version 12")]
+    KvmApiVersion(i32),
+    #[error("guest memory ({}) plus vmpod's overhead ({}) does not fit the container's memory limit ({}, from {}): raise the pod's resources.limits.memory or lower domain.memory.guest", format_bytes(*guest), format_bytes(VMM_OVERHEAD_BYTES), format_bytes(*limit), source_file.display())]
+    ContainerLimit {
+        guest: u64,
+        limit: u64,
+        source_file: PathBuf,
+    },
+    #[error("guest memory ({}) is more than this host has ({}): lower domain.memory.guest", format_bytes(*guest), format_bytes(*host_total))]
+    HostMemory { guest: u64, host_total: u64 },
+}
+
+/// Opens /dev/kvm, turning the usual failures into advice.
+pub fn open_kvm() -> Result<Kvm, HostError> {
+    let kvm = Kvm::new_with_path(KVM_PATH).map_err(|error| match error.errno() {
+        libc::ENOENT => HostError::KvmMissing,
+        libc::EACCES | libc::EPERM => HostError::KvmDenied,
+        _ => HostError::KvmOpen(error),
+    })?;
+    match kvm.get_api_version() {
+        KVM_API_VERSION => Ok(kvm),
+        other => Err(HostError::KvmApiVersion(other)),
+    }
+}
+
+/// Says once that this host's KVM is the PVM flavour, and what that means.
+pub fn warn_if_pvm() {
+    if Path::new("/sys/module/kvm_pvm").exists() {
+        log::warn!(
+            "this host's KVM is PVM: only PVM-enabled guest kernels run at native speed; \
+             other guest code goes through KVM's instruction emulator (about a million \
+             instructions per second), so a stock Linux kernel takes minutes to boot here"
+        );
+    }
+}
+
+/// Reads a cgroup memory limit: v2 `memory.max` ("max" = none) or v1
+/// `memory.limit_in_bytes` (a huge number = none).
+pub fn parse_memory_limit(text: &str) -> Option<u64> {
+    let limit: u64 = text.trim().parse().ok()?;
+    (limit < 1 << 60).then_some(limit)
+}
+
+/// The container's memory limit and where it was read from.
+pub fn container_memory_limit() -> Option<(u64, PathBuf)> {
+    [
+        "/sys/fs/cgroup/memory.max",
+        "/sys/fs/cgroup/memory/memory.limit_in_bytes",
+    ]
+    .iter()
+    .find_map(|file| {
+        let text = std::fs::read_to_string(file).ok()?;
+        Some((parse_memory_limit(&text)?, PathBuf::from(file)))
+    })
+}
+
+/// `MemTotal` from /proc/meminfo, in bytes.
+pub fn host_memory_total() -> Option<u64> {
+    let meminfo = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let kib: u64 = meminfo
+        .lines()
+        .find_map(|line| line.strip_prefix("MemTotal:"))?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()?;
+    Some(kib * 1024)
+}
+
+/// Checks that guest memory fits before anything is mapped.
+pub fn check_memory(
+    guest: u64,
+    container_limit: Option<(u64, PathBuf)>,
+    host_total: Option<u64>,
+) -> Result<(), HostError> {
+    if let Some((limit, source_file)) = container_limit {
+        if guest.saturating_add(VMM_OVERHEAD_BYTES) > limit {
+            return Err(HostError::ContainerLimit {
+                guest,
+                limit,
+                source_file,
+            });
+        }
+    }
+    if let Some(host_total) = host_total {
+        if guest > host_total {
+            return Err(HostError::HostMemory { guest, host_total });
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cgroup_limits_v1_and_v2() {
+        assert_eq!(parse_memory_limit("max\n"), None);
+        assert_eq!(parse_memory_limit("536870912\n"), Some(512 << 20));
+        assert_eq!(parse_memory_limit("9223372036854771712\n"), None);
+    }
+
+    #[test]
+    fn guest_must_fit_the_container_limit_with_overhead() {
+        let limit = Some((512 << 20, PathBuf::from("/sys/fs/cgroup/memory.max")));
+        assert!(check_memory(256 << 20, limit.clone(), None).is_ok());
+        let error = check_memory(500 << 20, limit, None).expect_err("does not fit");
+        assert_eq!(
+            error.to_string(),
+            "guest memory (500Mi) plus vmpod's overhead (16Mi) does not fit the container's memory limit \
+             (512Mi, from /sys/fs/cgroup/memory.max): raise the pod's resources.limits.memory or lower domain.memory.guest"
+        );
+    }
+
+    #[test]
+    fn guest_must_fit_the_host() {
+        assert!(check_memory(1 << 30, None, Some(2 << 30)).is_ok());
+        assert!(matches!(
+            check_memory(4 << 30, None, Some(2 << 30)),
+            Err(HostError::HostMemory { .. })
+        ));
+    }
+}

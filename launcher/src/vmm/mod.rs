@@ -1,0 +1,302 @@
+//! The VMM: one linear builder from a [`VmConfig`] to a running KVM VM,
+//! and the lifecycle loop around it. A guest poweroff ends the run; a guest
+//! reset (ACPI reset register, i8042, triple fault) rebuilds the VM in the
+//! same process: memory cleared, kernel reloaded, vCPUs restarted, devices
+//! and the console kept.
+//!
+//! Runs on the caller's thread; vCPUs on their own threads (`vcpu`).
+
+pub mod acpi;
+pub mod boot;
+pub mod console;
+pub mod cpu;
+pub mod host;
+pub mod layout;
+pub mod memory;
+pub mod vcpu;
+
+use std::sync::mpsc::{self, Receiver};
+use std::sync::{Arc, Mutex};
+
+use kvm_bindings::{
+    kvm_pit_config, kvm_userspace_memory_region, KVM_MAX_CPUID_ENTRIES, KVM_PIT_SPEAKER_DUMMY,
+};
+use kvm_ioctls::{Kvm, VmFd};
+use vm_memory::{GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion, MemoryRegionAddress};
+use vmm_sys_util::eventfd::EventFd;
+
+use crate::devices::bus::Bus;
+use crate::devices::legacy::{acpi_pm::AcpiPlatform, i8042::I8042, serial::SerialPort};
+use crate::devices::VmRequest;
+use crate::spec::VmConfig;
+
+#[derive(Debug, thiserror::Error)]
+pub enum VmmError {
+    #[error(transparent)]
+    Host(#[from] host::HostError),
+    #[error(transparent)]
+    Memory(#[from] memory::MemoryError),
+    #[error(transparent)]
+    Boot(#[from] boot::BootError),
+    #[error(transparent)]
+    Acpi(#[from] acpi::AcpiTooLarge),
+    #[error(transparent)]
+    Cpu(#[from] cpu::CpuError),
+    #[error("KVM refused to {what}")]
+    Kvm {
+        what: &'static str,
+        #[source]
+        source: kvm_ioctls::Error,
+    },
+    #[error("cannot {what}")]
+    Io {
+        what: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("device layout: {0}")]
+    Layout(#[from] crate::devices::bus::OverlapError),
+    #[error("the VM stopped: {0}")]
+    Fatal(String),
+}
+
+fn kvm_error(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> VmmError {
+    move |source| VmmError::Kvm { what, source }
+}
+
+fn io_error(what: &'static str) -> impl FnOnce(std::io::Error) -> VmmError {
+    move |source| VmmError::Io { what, source }
+}
+
+/// How a run ended, when it ended well.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// The guest powered off.
+    Poweroff,
+}
+
+/// Devices that live as long as the process, across guest resets.
+struct Platform {
+    pio: Bus,
+    mmio: Bus,
+    serial: Arc<Mutex<SerialPort>>,
+    serial_interrupt: EventFd,
+}
+
+fn build_platform(requests: &mpsc::Sender<VmRequest>) -> Result<Platform, VmmError> {
+    let serial_interrupt =
+        EventFd::new(libc::EFD_NONBLOCK).map_err(io_error("create the serial interrupt"))?;
+    let serial_trigger = serial_interrupt
+        .try_clone()
+        .map_err(io_error("create the serial interrupt"))?;
+    let serial = Arc::new(Mutex::new(SerialPort::new(
+        serial_trigger,
+        Box::new(console::ConsoleOutput),
+    )));
+    let mut pio = Bus::default();
+    pio.insert(u64::from(layout::COM1_PORT), 8, serial.clone())?;
+    pio.insert(
+        u64::from(layout::I8042_PORT),
+        5,
+        Arc::new(Mutex::new(I8042::new(requests.clone()))),
+    )?;
+    let acpi_platform = AcpiPlatform::new(
+        layout::S5_SLEEP_TYPE,
+        layout::ACPI_RESET_VALUE,
+        requests.clone(),
+    );
+    pio.insert(
+        u64::from(layout::ACPI_PM_PORT),
+        3,
+        Arc::new(Mutex::new(acpi_platform)),
+    )?;
+    Ok(Platform {
+        pio,
+        mmio: Bus::default(),
+        serial,
+        serial_interrupt,
+    })
+}
+
+/// Boots `config` and runs it until the guest powers off or fails.
+pub fn run(config: &VmConfig) -> Result<Outcome, VmmError> {
+    let kvm = host::open_kvm()?;
+    host::warn_if_pvm();
+    host::check_memory(
+        config.memory_bytes,
+        host::container_memory_limit(),
+        host::host_memory_total(),
+    )?;
+    vcpu::install_kick_handler().map_err(io_error("install the vCPU kick signal handler"))?;
+    let guest_memory = memory::create(config.memory_bytes)?;
+    let (request_sender, requests) = mpsc::channel();
+    let platform = build_platform(&request_sender)?;
+    let _terminal = console::TerminalMode::character_mode();
+    let input = console::ConsoleInput::start(platform.serial.clone())
+        .map_err(io_error("start the serial input thread"))?;
+    let outcome = run_boots(
+        &kvm,
+        config,
+        &guest_memory,
+        &platform,
+        &request_sender,
+        &requests,
+    );
+    input.stop();
+    outcome
+}
+
+fn run_boots(
+    kvm: &Kvm,
+    config: &VmConfig,
+    guest_memory: &GuestMemoryMmap,
+    platform: &Platform,
+    request_sender: &mpsc::Sender<VmRequest>,
+    requests: &Receiver<VmRequest>,
+) -> Result<Outcome, VmmError> {
+    for boot_number in 1u64.. {
+        let shared = Arc::new(vcpu::VcpuShared::new(
+            platform.pio.clone(),
+            platform.mmio.clone(),
+            request_sender.clone(),
+        ));
+        let (vm, threads) = start(
+            kvm,
+            config,
+            guest_memory,
+            platform,
+            shared,
+            boot_number == 1,
+        )?;
+        // We hold a sender ourselves, so this only returns with a request.
+        let request = requests
+            .recv()
+            .unwrap_or(VmRequest::Fatal("request channel closed".into()));
+        threads.stop();
+        drop(vm);
+        while requests.try_recv().is_ok() {} // other vCPUs may have said the same
+        match request {
+            VmRequest::Poweroff => {
+                log::info!("the guest powered off");
+                return Ok(Outcome::Poweroff);
+            }
+            VmRequest::Reset(reason) => {
+                log::info!(
+                    "the guest reset ({reason}): booting it again in this process (boot {})",
+                    boot_number + 1
+                );
+                memory::clear(guest_memory)?;
+            }
+            VmRequest::Fatal(message) => return Err(VmmError::Fatal(message)),
+        }
+    }
+    unreachable!("boot numbers do not run out")
+}
+
+/// Builds the KVM VM for one boot and starts its vCPUs.
+fn start(
+    kvm: &Kvm,
+    config: &VmConfig,
+    guest_memory: &GuestMemoryMmap,
+    platform: &Platform,
+    shared: Arc<vcpu::VcpuShared>,
+    first_boot: bool,
+) -> Result<(VmFd, vcpu::VcpuThreads), VmmError> {
+    let vm = kvm.create_vm().map_err(kvm_error("create a VM"))?;
+    vm.set_tss_address(layout::KVM_TSS_ADDR as usize)
+        .map_err(kvm_error("set the TSS address"))?;
+    vm.set_identity_map_address(layout::KVM_IDENTITY_MAP_ADDR)
+        .map_err(kvm_error("set the identity map address"))?;
+    vm.create_irq_chip()
+        .map_err(kvm_error("create the interrupt controllers"))?;
+    let pit = kvm_pit_config {
+        flags: KVM_PIT_SPEAKER_DUMMY,
+        ..Default::default()
+    };
+    vm.create_pit2(pit).map_err(kvm_error("create the PIT"))?;
+    register_memory(&vm, guest_memory)?;
+    vm.register_irqfd(&platform.serial_interrupt, layout::COM1_IRQ)
+        .map_err(kvm_error("wire the serial interrupt"))?;
+
+    let apic_ids = cpu::apic_ids(&config.cpu);
+    let tables = acpi::build(&acpi::AcpiFacts {
+        apic_ids: &apic_ids,
+    })?;
+    boot::write_acpi(guest_memory, &tables)?;
+    cpu::write_boot_tables(guest_memory)?;
+    let entry = boot::load(
+        guest_memory,
+        &boot::BootSpec {
+            kernel: &config.boot.kernel,
+            initrd: config.boot.initrd.as_deref(),
+            cmdline: &config.boot.cmdline,
+            memory_bytes: config.memory_bytes,
+            rsdp_address: tables.rsdp_address,
+        },
+    )?;
+    let vcpus = create_vcpus(kvm, &vm, config, &apic_ids, entry, first_boot)?;
+    let threads = vcpu::spawn(vcpus, shared).map_err(io_error("start the vCPU threads"))?;
+    Ok((vm, threads))
+}
+
+fn register_memory(vm: &VmFd, guest_memory: &GuestMemoryMmap) -> Result<(), VmmError> {
+    for (slot, region) in guest_memory.iter().enumerate() {
+        let host = region
+            .get_host_address(MemoryRegionAddress(0))
+            .map_err(|_| VmmError::Fatal("guest memory region without a host mapping".into()))?;
+        let region_spec = kvm_userspace_memory_region {
+            slot: slot as u32,
+            guest_phys_addr: region.start_addr().0,
+            memory_size: region.len(),
+            userspace_addr: host as u64,
+            flags: 0,
+        };
+        // SAFETY: the region is a live mapping owned by `guest_memory`,
+        // which outlives this VM (the VM is dropped before memory is
+        // cleared or unmapped).
+        unsafe { vm.set_user_memory_region(region_spec) }.map_err(kvm_error("map guest memory"))?;
+    }
+    Ok(())
+}
+
+fn create_vcpus(
+    kvm: &Kvm,
+    vm: &VmFd,
+    config: &VmConfig,
+    apic_ids: &[u32],
+    entry: boot::Entry,
+    first_boot: bool,
+) -> Result<Vec<kvm_ioctls::VcpuFd>, VmmError> {
+    let supported = kvm
+        .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
+        .map_err(kvm_error("report its CPUID"))?;
+    let mut vcpus = Vec::with_capacity(apic_ids.len());
+    for (index, apic_id) in apic_ids.iter().enumerate() {
+        let index = index as u32;
+        // KVM makes the vCPU id the APIC id; vCPU 0 is the boot processor,
+        // the others wait for INIT/SIPI from the guest.
+        let vcpu = vm
+            .create_vcpu(u64::from(*apic_id))
+            .map_err(kvm_error("create a vCPU"))?;
+        cpu::set_cpuid(
+            &vcpu,
+            index,
+            &cpu::vcpu_cpuid(&supported, &config.cpu, *apic_id),
+        )?;
+        let refused = cpu::set_boot_msrs(&vcpu);
+        if first_boot && index == 0 && !refused.is_empty() {
+            let list: Vec<String> = refused.iter().map(|msr| format!("{msr:#x}")).collect();
+            log::info!(
+                "this host's KVM refused MSRs {}; vmpod left them at KVM's defaults",
+                list.join(", ")
+            );
+        }
+        cpu::set_fpu(&vcpu, index)?;
+        cpu::set_lint_pins(&vcpu, index)?;
+        if index == 0 {
+            cpu::set_boot_registers(&vcpu, index, entry)?;
+        }
+        vcpus.push(vcpu);
+    }
+    Ok(vcpus)
+}

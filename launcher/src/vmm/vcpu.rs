@@ -1,0 +1,187 @@
+//! vCPU threads: one named thread per vCPU (`vcpu0`, …) blocked in
+//! KVM_RUN, relaying port and MMIO exits to the buses and lifecycle exits
+//! (triple fault, KVM errors) to the VMM as requests.
+//!
+//! Stopping is a signal plus `immediate_exit`: the signal handler marks the
+//! thread's `kvm_run`, so a KVM_RUN that is just being entered returns at
+//! once instead of sleeping in a halted guest.
+
+use std::cell::Cell;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use kvm_bindings::kvm_run;
+use kvm_ioctls::{VcpuExit, VcpuFd};
+use vmm_sys_util::signal::{register_signal_handler, Killable, SIGRTMIN};
+
+use crate::devices::bus::Bus;
+use crate::devices::{RequestSender, VmRequest};
+
+/// What every vCPU thread shares.
+pub struct VcpuShared {
+    pub pio: Bus,
+    pub mmio: Bus,
+    pub requests: RequestSender,
+    stop: AtomicBool,
+    unhandled_accesses: AtomicU64,
+}
+
+impl VcpuShared {
+    pub fn new(pio: Bus, mmio: Bus, requests: RequestSender) -> Self {
+        VcpuShared {
+            pio,
+            mmio,
+            requests,
+            stop: AtomicBool::new(false),
+            unhandled_accesses: AtomicU64::new(0),
+        }
+    }
+
+    /// Logs the first few accesses nobody answers, then every power of two.
+    fn note_unhandled(&self, kind: &str, address: u64, len: usize) {
+        let count = self.unhandled_accesses.fetch_add(1, Ordering::Relaxed) + 1;
+        if count <= 8 || count.is_power_of_two() {
+            log::debug!("guest {kind} at {address:#x} ({len} bytes) has no device (unanswered accesses so far: {count})");
+        }
+    }
+}
+
+thread_local! {
+    /// This thread's `kvm_run`, for the kick signal handler.
+    static KVM_RUN: Cell<*mut kvm_run> = const { Cell::new(std::ptr::null_mut()) };
+}
+
+fn kick_signal() -> i32 {
+    SIGRTMIN()
+}
+
+extern "C" fn on_kick(_signal: i32, _info: *mut libc::siginfo_t, _context: *mut libc::c_void) {
+    let run = KVM_RUN.with(Cell::get);
+    if !run.is_null() {
+        // SAFETY: `run` is this thread's mapped `kvm_run`, set by the vCPU
+        // loop before entering KVM_RUN and cleared before the mapping goes
+        // away; a byte store to `immediate_exit` is what KVM documents for
+        // exactly this purpose.
+        unsafe { std::ptr::addr_of_mut!((*run).immediate_exit).write_volatile(1) };
+    }
+}
+
+/// Installs the kick handler (once per process).
+pub fn install_kick_handler() -> std::io::Result<()> {
+    static INSTALLED: std::sync::OnceLock<Result<(), i32>> = std::sync::OnceLock::new();
+    INSTALLED
+        .get_or_init(|| register_signal_handler(kick_signal(), on_kick).map_err(|e| e.errno()))
+        .map_err(std::io::Error::from_raw_os_error)
+}
+
+pub struct VcpuThreads {
+    threads: Vec<JoinHandle<()>>,
+    shared: Arc<VcpuShared>,
+}
+
+pub fn spawn(vcpus: Vec<VcpuFd>, shared: Arc<VcpuShared>) -> std::io::Result<VcpuThreads> {
+    let mut threads = Vec::with_capacity(vcpus.len());
+    for (index, vcpu) in vcpus.into_iter().enumerate() {
+        let thread_shared = shared.clone();
+        let spawned = std::thread::Builder::new()
+            .name(format!("vcpu{index}"))
+            .spawn(move || run(vcpu, index, &thread_shared));
+        match spawned {
+            Ok(handle) => threads.push(handle),
+            Err(error) => {
+                VcpuThreads { threads, shared }.stop();
+                return Err(error);
+            }
+        }
+    }
+    Ok(VcpuThreads { threads, shared })
+}
+
+impl VcpuThreads {
+    /// Kicks every vCPU out of KVM_RUN and joins its thread.
+    pub fn stop(self) {
+        self.shared.stop.store(true, Ordering::SeqCst);
+        for thread in &self.threads {
+            // A thread that already ended cannot be signalled; that is fine.
+            let _ = thread.kill(kick_signal());
+        }
+        for thread in self.threads {
+            if thread.join().is_err() {
+                log::error!("a vCPU thread panicked");
+            }
+        }
+    }
+}
+
+fn run(mut vcpu: VcpuFd, index: usize, shared: &VcpuShared) {
+    KVM_RUN.with(|cell| cell.set(vcpu.get_kvm_run() as *mut kvm_run));
+    while !shared.stop.load(Ordering::SeqCst) {
+        let request = match vcpu.run() {
+            Ok(exit) => handle_exit(exit, index, shared),
+            Err(error) if error.errno() == libc::EINTR || error.errno() == libc::EAGAIN => {
+                vcpu.set_kvm_immediate_exit(0);
+                None
+            }
+            Err(error) => Some(VmRequest::Fatal(format!(
+                "KVM_RUN failed on vCPU {index}: {error}"
+            ))),
+        };
+        if let Some(request) = request {
+            // The VMM may already be stopping; then nobody needs to hear it.
+            let _ = shared.requests.send(request);
+            break;
+        }
+    }
+    KVM_RUN.with(|cell| cell.set(std::ptr::null_mut()));
+}
+
+/// Handles one exit; returns a request when the VM must change state.
+fn handle_exit(exit: VcpuExit, index: usize, shared: &VcpuShared) -> Option<VmRequest> {
+    match exit {
+        VcpuExit::IoIn(port, data) => {
+            if !shared.pio.read(u64::from(port), data) {
+                data.fill(0xff);
+                shared.note_unhandled("port read", u64::from(port), data.len());
+            }
+        }
+        VcpuExit::IoOut(port, data) => {
+            if !shared.pio.write(u64::from(port), data) {
+                shared.note_unhandled("port write", u64::from(port), data.len());
+            }
+        }
+        VcpuExit::MmioRead(address, data) => {
+            if !shared.mmio.read(address, data) {
+                data.fill(0xff);
+                shared.note_unhandled("MMIO read", address, data.len());
+            }
+        }
+        VcpuExit::MmioWrite(address, data) => {
+            if !shared.mmio.write(address, data) {
+                shared.note_unhandled("MMIO write", address, data.len());
+            }
+        }
+        VcpuExit::Hlt => {
+            log::debug!("vCPU {index} halted with no interrupt controller to wake it");
+        }
+        VcpuExit::Shutdown => return Some(VmRequest::Reset("triple fault")),
+        VcpuExit::SystemEvent(kind, _) => {
+            return Some(match kind {
+                kvm_bindings::KVM_SYSTEM_EVENT_SHUTDOWN => VmRequest::Poweroff,
+                _ => VmRequest::Reset("system event"),
+            })
+        }
+        VcpuExit::FailEntry(reason, cpu) => {
+            return Some(VmRequest::Fatal(format!(
+                "KVM could not enter vCPU {index} (hardware reason {reason:#x}, host CPU {cpu})"
+            )))
+        }
+        VcpuExit::InternalError => {
+            return Some(VmRequest::Fatal(format!(
+                "KVM internal error on vCPU {index} (often an instruction KVM cannot emulate)"
+            )))
+        }
+        other => log::debug!("vCPU {index}: ignored exit {other:?}"),
+    }
+    None
+}
