@@ -14,6 +14,7 @@ for source in "$here"/*.S; do
             as --64 -I "$here" -o "$out/$name.o" "$source"
             ld -m elf_x86_64 --no-warn-rwx-segments -T "$here/bzimage.ld" -o "$out/$name.elf" "$out/$name.o"
             objcopy -O binary "$out/$name.elf" "$out/$name.bin"
+            rm -f "$out/$name.elf"
             ;;
         *)
             as --64 -I "$here" -o "$out/$name.o" "$source"

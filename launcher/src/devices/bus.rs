@@ -121,7 +121,10 @@ mod tests {
         assert!(bus.read(0x3fd, &mut data));
         assert_eq!(data, [5]);
         assert!(bus.write(0x3f8, b"x"));
-        assert_eq!(device.lock().expect("lock").writes, vec![(0, b"x".to_vec())]);
+        assert_eq!(
+            device.lock().expect("lock").writes,
+            vec![(0, b"x".to_vec())]
+        );
     }
 
     #[test]

@@ -136,10 +136,19 @@ fn madt(apic_ids: &[u32]) -> Vec<u8> {
     table.as_slice().to_vec()
 }
 
-/// One `Device` under `\_SB` with a PNP id and its resources, as AML.
-fn legacy_device(name: &str, pnp_id: &str, resources: &[&dyn Aml]) -> Vec<u8> {
-    aml_bytes(&aml::Device::new(
-        format!("_SB_.{name}").as_str().into(),
+/// AML that is already encoded, so finished devices can go into a scope.
+struct Encoded(Vec<u8>);
+
+impl Aml for Encoded {
+    fn to_aml_bytes(&self, sink: &mut dyn acpi_tables::AmlSink) {
+        sink.vec(&self.0);
+    }
+}
+
+/// One `Device` with a PNP id and its resources, as AML.
+fn legacy_device(name: &str, pnp_id: &str, resources: &[&dyn Aml]) -> Encoded {
+    Encoded(aml_bytes(&aml::Device::new(
+        name.into(),
         vec![
             &aml::Name::new("_HID".into(), &aml::EISAName::new(pnp_id)),
             &aml::Name::new("_UID".into(), &aml::ONE),
@@ -148,7 +157,7 @@ fn legacy_device(name: &str, pnp_id: &str, resources: &[&dyn Aml]) -> Vec<u8> {
                 &aml::ResourceTemplate::new(resources.to_vec()),
             ),
         ],
-    ))
+    )))
 }
 
 fn dsdt() -> Vec<u8> {
@@ -162,13 +171,13 @@ fn dsdt() -> Vec<u8> {
         &aml::Package::new(vec![&layout::S5_SLEEP_TYPE, &aml::ZERO]),
     ));
 
+    let com1 = legacy_device("COM1", "PNP0501", &[&com1_port, &com1_irq]);
+    let keyboard_resources: [&dyn Aml; 3] = [&keyboard_data, &keyboard_command, &keyboard_irq];
+    let keyboard = legacy_device("PS2K", "PNP0303", &keyboard_resources);
+    let system_bus = aml_bytes(&aml::Scope::new("\\_SB_".into(), vec![&com1, &keyboard]));
+
     let mut table = Sdt::new(*b"DSDT", 36, 6, OEM_ID, OEM_TABLE_ID, OEM_REVISION);
-    table.append_slice(&legacy_device("COM1", "PNP0501", &[&com1_port, &com1_irq]));
-    table.append_slice(&legacy_device(
-        "PS2K",
-        "PNP0303",
-        &[&keyboard_data, &keyboard_command, &keyboard_irq],
-    ));
+    table.append_slice(&system_bus);
     table.append_slice(&s5);
     table.update_checksum();
     table.as_slice().to_vec()

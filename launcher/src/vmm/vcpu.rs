@@ -118,6 +118,7 @@ fn run(mut vcpu: VcpuFd, index: usize, shared: &VcpuShared) {
     KVM_RUN.with(|cell| cell.set(vcpu.get_kvm_run() as *mut kvm_run));
     while !shared.stop.load(Ordering::SeqCst) {
         let request = match vcpu.run() {
+            Ok(VcpuExit::InternalError) => Some(internal_error(&mut vcpu, index)),
             Ok(exit) => handle_exit(exit, index, shared),
             Err(error) if error.errno() == libc::EINTR || error.errno() == libc::EAGAIN => {
                 vcpu.set_kvm_immediate_exit(0);
@@ -134,6 +135,27 @@ fn run(mut vcpu: VcpuFd, index: usize, shared: &VcpuShared) {
         }
     }
     KVM_RUN.with(|cell| cell.set(std::ptr::null_mut()));
+}
+
+/// Describes a KVM internal error with what KVM and the registers say.
+fn internal_error(vcpu: &mut VcpuFd, index: usize) -> VmRequest {
+    // SAFETY: the exit reason is KVM_EXIT_INTERNAL_ERROR, so `internal` is
+    // the union member KVM filled in.
+    let internal = unsafe { vcpu.get_kvm_run().__bindgen_anon_1.internal };
+    let why = match internal.suberror {
+        kvm_bindings::KVM_INTERNAL_ERROR_EMULATION => "an instruction KVM could not emulate",
+        kvm_bindings::KVM_INTERNAL_ERROR_SIMUL_EX => "an exception while delivering another",
+        kvm_bindings::KVM_INTERNAL_ERROR_DELIVERY_EV => "an event KVM could not deliver",
+        _ => "an internal error",
+    };
+    let rip = vcpu
+        .get_regs()
+        .map(|regs| format!("{:#x}", regs.rip))
+        .unwrap_or_else(|_| "unknown".into());
+    VmRequest::Fatal(format!(
+        "KVM stopped vCPU {index} on {why} (suberror {}, guest RIP {rip})",
+        internal.suberror
+    ))
 }
 
 /// Handles one exit; returns a request when the VM must change state.
@@ -174,11 +196,6 @@ fn handle_exit(exit: VcpuExit, index: usize, shared: &VcpuShared) -> Option<VmRe
         VcpuExit::FailEntry(reason, cpu) => {
             return Some(VmRequest::Fatal(format!(
                 "KVM could not enter vCPU {index} (hardware reason {reason:#x}, host CPU {cpu})"
-            )))
-        }
-        VcpuExit::InternalError => {
-            return Some(VmRequest::Fatal(format!(
-                "KVM internal error on vCPU {index} (often an instruction KVM cannot emulate)"
             )))
         }
         other => log::debug!("vCPU {index}: ignored exit {other:?}"),

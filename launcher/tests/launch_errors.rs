@@ -1,0 +1,161 @@
+//! `vmpod launch` failures a user will meet, each with a message that says
+//! what is wrong and what to do, and a non-zero exit status.
+
+mod common;
+
+use std::process::Command;
+use std::time::Duration;
+
+use common::{guest, launch, launch_with, Scratch, VMPOD};
+
+const WATCHDOG: Duration = Duration::from_secs(30);
+
+#[test]
+fn a_missing_kernel_is_named() {
+    let scratch = Scratch::new("missing-kernel");
+    let definition = scratch.definition(
+        "nokernel",
+        std::path::Path::new("/nonexistent/vmlinuz"),
+        1,
+        "16Mi",
+        "",
+    );
+    let run = launch(&definition).finish(WATCHDOG);
+    if run.stderr.contains("/dev/kvm") {
+        eprintln!("a_missing_kernel_is_named: skipped: /dev/kvm is not usable here");
+        return;
+    }
+    assert_eq!(run.code, Some(1), "{}", run.stderr);
+    assert!(
+        run.stderr
+            .contains("cannot open the kernel /nonexistent/vmlinuz"),
+        "{}",
+        run.stderr
+    );
+    assert!(
+        run.stderr.contains("caused by: No such file or directory"),
+        "{}",
+        run.stderr
+    );
+}
+
+#[test]
+fn a_file_that_is_not_a_kernel_is_named() {
+    let scratch = Scratch::new("not-a-kernel");
+    let bogus = scratch.0.join("notes.txt");
+    std::fs::write(&bogus, "just some text, not a kernel\n".repeat(100)).expect("write");
+    let definition = scratch.definition("bogus", &bogus, 1, "16Mi", "");
+    let run = launch(&definition).finish(WATCHDOG);
+    if run.stderr.contains("/dev/kvm") {
+        eprintln!("a_file_that_is_not_a_kernel_is_named: skipped: /dev/kvm is not usable here");
+        return;
+    }
+    assert_eq!(run.code, Some(1), "{}", run.stderr);
+    assert!(
+        run.stderr.contains(
+            "notes.txt is not a kernel vmpod can boot: expected a bzImage or an ELF vmlinux"
+        ),
+        "{}",
+        run.stderr
+    );
+}
+
+#[test]
+fn memory_the_host_cannot_hold_is_refused_before_boot() {
+    let scratch = Scratch::new("too-much-memory");
+    let definition = scratch.definition("huge", &guest("hello.elf"), 1, "1Ti", "");
+    let run = launch(&definition).finish(WATCHDOG);
+    if run.stderr.contains("/dev/kvm") {
+        eprintln!("memory_the_host_cannot_hold_is_refused_before_boot: skipped: /dev/kvm is not usable here");
+        return;
+    }
+    assert_eq!(run.code, Some(1), "{}", run.stderr);
+    assert!(
+        run.stderr
+            .contains("guest memory (1Ti) is more than this host has"),
+        "{}",
+        run.stderr
+    );
+}
+
+fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
+#[test]
+fn a_pod_without_dev_kvm_is_told_how_to_pass_it_in() {
+    if !is_root() {
+        eprintln!("a_pod_without_dev_kvm_is_told_how_to_pass_it_in: skipped: needs root for a mount namespace");
+        return;
+    }
+    let scratch = Scratch::new("no-kvm");
+    let definition = scratch.definition("nokvm", &guest("hello.elf"), 1, "16Mi", "");
+    // A private mount namespace whose /dev is an empty tmpfs, as in a pod
+    // that did not mount the device.
+    let script = format!(
+        "mount -t tmpfs none /dev && exec {VMPOD} launch --file {}",
+        definition.display()
+    );
+    let run = launch_with(Command::new("unshare").args([
+        "--mount",
+        "--propagation",
+        "private",
+        "sh",
+        "-c",
+        &script,
+    ]))
+    .finish(WATCHDOG);
+    assert_eq!(run.code, Some(1), "{}", run.stderr);
+    assert!(
+        run.stderr.contains("/dev/kvm does not exist"),
+        "{}",
+        run.stderr
+    );
+    assert!(
+        run.stderr.contains("hostPath volume of type CharDevice"),
+        "{}",
+        run.stderr
+    );
+}
+
+#[test]
+fn a_user_without_access_to_dev_kvm_is_told_so() {
+    let mode = std::fs::metadata("/dev/kvm")
+        .map(|m| std::os::unix::fs::PermissionsExt::mode(&m.permissions()));
+    if !is_root() || !matches!(mode, Ok(m) if m & 0o006 == 0) {
+        eprintln!("a_user_without_access_to_dev_kvm_is_told_so: skipped: needs root and a /dev/kvm closed to others");
+        return;
+    }
+    let scratch = Scratch::new("kvm-denied");
+    let definition = scratch.definition("denied", &guest("hello.elf"), 1, "16Mi", "");
+    std::fs::set_permissions(
+        &scratch.0,
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .expect("chmod");
+    std::fs::set_permissions(
+        &definition,
+        std::os::unix::fs::PermissionsExt::from_mode(0o644),
+    )
+    .expect("chmod");
+    let run = launch_with(
+        Command::new("setpriv")
+            .args([
+                "--reuid=65534",
+                "--regid=65534",
+                "--clear-groups",
+                VMPOD,
+                "launch",
+                "--file",
+            ])
+            .arg(&definition),
+    )
+    .finish(WATCHDOG);
+    assert_eq!(run.code, Some(1), "{}", run.stderr);
+    assert!(
+        run.stderr.contains("permission denied on /dev/kvm"),
+        "{}",
+        run.stderr
+    );
+}
