@@ -309,6 +309,30 @@ fn write_pvh_start_info(
     PvhBootConfigurator::write_bootparams(&params, memory).map_err(BootError::Pvh)
 }
 
+/// The real-mode code at the reset vector: `mov $port, %dx; mov $value,
+/// %al; out %al, %dx; 1: hlt; jmp 1b` with the ACPI reset register.
+pub fn reset_vector_stub() -> [u8; 9] {
+    let [port_low, port_high] = layout::ACPI_RESET_PORT.to_le_bytes();
+    [
+        0xba,
+        port_low,
+        port_high,
+        0xb0,
+        layout::ACPI_RESET_VALUE,
+        0xee,
+        0xf4,
+        0xeb,
+        0xfd,
+    ]
+}
+
+/// Writes the reset-vector stub, so a jump to f000:fff0 resets the VM.
+pub fn write_reset_vector(memory: &GuestMemoryMmap) -> Result<(), BootError> {
+    memory
+        .write_slice(&reset_vector_stub(), GuestAddress(layout::RESET_VECTOR))
+        .map_err(BootError::Memory)
+}
+
 /// Copies the ACPI tables into guest memory.
 pub fn write_acpi(
     memory: &GuestMemoryMmap,
@@ -338,6 +362,14 @@ mod tests {
                 (0x1_0000_0000, (4 << 30) - 0xc000_0000, E820_RAM),
             ]
         );
+    }
+
+    #[test]
+    fn reset_vector_stub_writes_the_acpi_reset_register() {
+        let stub = reset_vector_stub();
+        // mov $0x602, %dx; mov $1, %al; out %al, %dx; hlt; jmp back to hlt
+        assert_eq!(stub, [0xba, 0x02, 0x06, 0xb0, 0x01, 0xee, 0xf4, 0xeb, 0xfd]);
+        assert!(layout::RESET_VECTOR + stub.len() as u64 <= layout::HIGH_MEMORY_START);
     }
 
     #[test]

@@ -27,7 +27,11 @@ pub const CMDLINE_MAX: usize = 2048;
 pub const EBDA_START: u64 = 0x9fc00;
 /// ACPI tables live in the BIOS area, where a legacy OS also looks for the RSDP.
 pub const ACPI_START: u64 = 0xe0000;
-pub const ACPI_END: u64 = 0x100000;
+pub const ACPI_END: u64 = RESET_VECTOR;
+/// The x86 reset vector (f000:fff0). OSes without another way to reset
+/// (Linux on hardware-reduced ACPI falls back to it) jump here in real
+/// mode; vmpod puts a stub here that writes the ACPI reset register.
+pub const RESET_VECTOR: u64 = 0xffff0;
 /// Kernels are loaded at 1 MiB and above.
 pub const HIGH_MEMORY_START: u64 = 0x100000;
 

@@ -172,7 +172,9 @@ fn run_boots(
         let request = requests
             .recv()
             .unwrap_or(VmRequest::Fatal("request channel closed".into()));
+        log::debug!("{request:?}: stopping the vCPUs");
         threads.stop();
+        log::debug!("vCPUs stopped");
         drop(vm);
         while requests.try_recv().is_ok() {} // other vCPUs may have said the same
         match request {
@@ -223,6 +225,7 @@ fn start(
         apic_ids: &apic_ids,
     })?;
     boot::write_acpi(guest_memory, &tables)?;
+    boot::write_reset_vector(guest_memory)?;
     cpu::write_boot_tables(guest_memory)?;
     let entry = boot::load(
         guest_memory,

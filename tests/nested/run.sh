@@ -1,0 +1,49 @@
+#!/bin/sh
+# Runs nested Linux-guest scenarios: builds the L1 initramfs around the
+# given vmpod binary and boots it under QEMU TCG (-cpu max gives L1 a fast,
+# nested /dev/kvm). Prints L1's console; callers read its RESULT lines.
+# usage: run.sh PREPARED_DIR VMPOD_BINARY 'NAME VMM VCPUS COMMAND...' ...
+set -eu
+here="$(cd "$(dirname "$0")" && pwd)"
+usage="usage: run.sh PREPARED_DIR VMPOD_BINARY SCENARIO..."
+prepared="$(cd "${1:?$usage}" && pwd)"
+vmpod="${2:?$usage}"
+shift 2
+
+root="$prepared/l1-root"
+rm -rf "$root"
+mkdir -p "$root/bin" "$root/modules" "$root/proc" "$root/sys" "$root/dev" "$root/tmp"
+cp /bin/busybox "$root/bin/busybox"
+cp "$here/l1-init" "$root/init"
+chmod +x "$root/init"
+for scenario in "$@"; do echo "$scenario"; done > "$root/scenarios"
+# L2_KERNEL_ARGS overrides the L2 command line (for debugging).
+[ -z "${L2_KERNEL_ARGS:-}" ] || echo "$L2_KERNEL_ARGS" > "$root/kernel_args"
+for module in virt/lib/irqbypass arch/x86/kvm/kvm arch/x86/kvm/kvm-amd; do
+    cp "$prepared"/kernel/lib/modules/*/kernel/$module.ko "$root/modules/"
+done
+
+# copy_with_libraries BINARY TARGET: a program and its shared libraries,
+# the libraries at the same paths as on this host.
+copy_with_libraries() {
+    cp "$1" "$root/$2"
+    strip "$root/$2" 2>/dev/null || true
+    for library in $(ldd "$1" | awk '/=>/ {print $3} /^\t\// {print $1}'); do
+        mkdir -p "$root$(dirname "$library")"
+        [ -e "$root$library" ] || cp -L "$library" "$root$library"
+    done
+}
+copy_with_libraries "$vmpod" vmpod
+if grep -q " qemu " "$root/scenarios"; then
+    mkdir -p "$root/usr/bin" "$root/qemu"
+    copy_with_libraries /usr/bin/qemu-system-x86_64 usr/bin/qemu-system-x86_64
+    cp /usr/share/qemu/bios-microvm.bin /usr/share/qemu/linuxboot_dma.bin /usr/share/qemu/kvmvapic.bin "$root/qemu/"
+fi
+cp "$prepared/vmlinuz" "$root/l2-vmlinuz"
+cp "$prepared/l2.cpio.gz" "$root/l2.cpio.gz"
+(cd "$root" && find . | cpio -o -H newc --quiet | gzip -1) > "$prepared/l1.cpio.gz"
+
+exec qemu-system-x86_64 -accel tcg -cpu max -smp 2 -m 2048 -nographic -no-reboot \
+    -nodefaults -no-user-config -serial stdio \
+    -kernel "$prepared/vmlinuz" -initrd "$prepared/l1.cpio.gz" \
+    -append "console=ttyS0 panic=-1 quiet"
