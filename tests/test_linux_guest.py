@@ -1,0 +1,47 @@
+"""A stock Debian kernel booting on vmpod, one level down: QEMU TCG with
+-cpu max gives an L1 Debian kernel a fast nested /dev/kvm, and vmpod runs
+inside L1 (see the shared TESTING.md). Where QEMU is missing these tests
+are skipped with that reason, never passed."""
+
+import pytest
+
+from conftest import run_nested
+
+SCENARIOS = (
+    "poweroff vmpod 2 poweroff",
+    "reboot vmpod 2 reboot poweroff",
+)
+
+
+@pytest.fixture(scope="module")
+def nested(vmpod_binary):
+    return run_nested(vmpod_binary, *SCENARIOS)
+
+
+def result(run, key):
+    for entry in run["result"]:
+        for word in entry.split():
+            if word.startswith(key + "="):
+                return word.split("=", 1)[1]
+    pytest.fail(f"no {key} in {run['result']}\n{run['stdout']}\n{run['stderr']}")
+
+
+def test_linux_reaches_init_and_sees_every_vcpu(nested):
+    run = nested["poweroff"]
+    assert "L2: reached /init" in run["stdout"], run["stdout"]
+    assert "L2: nproc=2" in run["stdout"], run["stdout"]
+
+
+def test_poweroff_makes_vmpod_exit_0(nested):
+    run = nested["poweroff"]
+    assert "L2: powering off" in run["stdout"]
+    assert result(run, "exit") == "0", run["stderr"]
+    assert "the guest powered off" in run["stderr"]
+
+
+def test_reboot_boots_the_kernel_again_in_the_same_process(nested):
+    run = nested["reboot"]
+    assert result(run, "boots") == "2", run["stdout"]
+    assert run["stdout"].count("L2: nproc=2") == 2, run["stdout"]
+    assert "booting it again in this process (boot 2)" in run["stderr"], run["stderr"]
+    assert result(run, "exit") == "0", run["stderr"]
