@@ -5,6 +5,7 @@ are skipped with that reason, never passed."""
 
 import pytest
 
+import harness
 from conftest import run_nested
 
 SCENARIOS = (
@@ -19,11 +20,10 @@ def nested(vmpod_binary):
 
 
 def result(run, key):
-    for entry in run["result"]:
-        for word in entry.split():
-            if word.startswith(key + "="):
-                return word.split("=", 1)[1]
-    pytest.fail(f"no {key} in {run['result']}\n{run['stdout']}\n{run['stderr']}")
+    found = harness.value(run, key)
+    if found is None:
+        pytest.fail(f"no {key} in {run['result']}\n{run['stdout']}\n{run['stderr']}")
+    return found
 
 
 def test_linux_reaches_init_and_sees_every_vcpu(nested):

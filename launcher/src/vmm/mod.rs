@@ -205,6 +205,9 @@ fn start(
     first_boot: bool,
 ) -> Result<(VmFd, vcpu::VcpuThreads), VmmError> {
     let vm = kvm.create_vm().map_err(kvm_error("create a VM"))?;
+    // Memory first: a memslot change waits for an SRCU grace period, which
+    // costs milliseconds once the in-kernel irqchip and PIT exist.
+    register_memory(&vm, guest_memory)?;
     vm.set_tss_address(layout::KVM_TSS_ADDR as usize)
         .map_err(kvm_error("set the TSS address"))?;
     vm.set_identity_map_address(layout::KVM_IDENTITY_MAP_ADDR)
@@ -216,7 +219,6 @@ fn start(
         ..Default::default()
     };
     vm.create_pit2(pit).map_err(kvm_error("create the PIT"))?;
-    register_memory(&vm, guest_memory)?;
     vm.register_irqfd(&platform.serial_interrupt, layout::COM1_IRQ)
         .map_err(kvm_error("wire the serial interrupt"))?;
 
