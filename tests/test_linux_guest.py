@@ -32,6 +32,10 @@ def test_linux_reaches_init_and_sees_every_vcpu(nested):
     assert "L2: nproc=2" in run["stdout"], run["stdout"]
 
 
+def test_linux_keeps_time_with_kvmclock(nested):
+    assert "L2: clocksource=kvm-clock" in nested["poweroff"]["stdout"], nested["poweroff"]["stdout"]
+
+
 def test_poweroff_makes_vmpod_exit_0(nested):
     run = nested["poweroff"]
     assert "L2: powering off" in run["stdout"]

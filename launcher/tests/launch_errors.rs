@@ -6,7 +6,7 @@ mod common;
 use std::process::Command;
 use std::time::Duration;
 
-use common::{guest, launch, launch_with, Scratch, VMPOD};
+use common::{guest, launch, launch_with, skipped_for_kvm, Scratch, VMPOD};
 
 const WATCHDOG: Duration = Duration::from_secs(30);
 
@@ -21,8 +21,7 @@ fn a_missing_kernel_is_named() {
         "",
     );
     let run = launch(&definition).finish(WATCHDOG);
-    if run.stderr.contains("/dev/kvm") {
-        eprintln!("a_missing_kernel_is_named: skipped: /dev/kvm is not usable here");
+    if skipped_for_kvm("a_missing_kernel_is_named", &run) {
         return;
     }
     assert_eq!(run.code, Some(1), "{}", run.stderr);
@@ -46,8 +45,7 @@ fn a_file_that_is_not_a_kernel_is_named() {
     std::fs::write(&bogus, "just some text, not a kernel\n".repeat(100)).expect("write");
     let definition = scratch.definition("bogus", &bogus, 1, "16Mi", "");
     let run = launch(&definition).finish(WATCHDOG);
-    if run.stderr.contains("/dev/kvm") {
-        eprintln!("a_file_that_is_not_a_kernel_is_named: skipped: /dev/kvm is not usable here");
+    if skipped_for_kvm("a_file_that_is_not_a_kernel_is_named", &run) {
         return;
     }
     assert_eq!(run.code, Some(1), "{}", run.stderr);
@@ -65,8 +63,7 @@ fn memory_the_host_cannot_hold_is_refused_before_boot() {
     let scratch = Scratch::new("too-much-memory");
     let definition = scratch.definition("huge", &guest("hello.elf"), 1, "1Ti", "");
     let run = launch(&definition).finish(WATCHDOG);
-    if run.stderr.contains("/dev/kvm") {
-        eprintln!("memory_the_host_cannot_hold_is_refused_before_boot: skipped: /dev/kvm is not usable here");
+    if skipped_for_kvm("memory_the_host_cannot_hold_is_refused_before_boot", &run) {
         return;
     }
     assert_eq!(run.code, Some(1), "{}", run.stderr);

@@ -2,7 +2,7 @@
 //! I/O, one for MMIO. Read by every vCPU thread; devices are locked only
 //! for the duration of one access.
 
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 /// A device reachable through guest port or MMIO accesses.
 pub trait BusDevice: Send {
@@ -65,30 +65,37 @@ impl Bus {
         (offset + size as u64 <= range.len).then_some((range, offset))
     }
 
-    /// Returns false when no device answers at `address`.
-    pub fn read(&self, address: u64, data: &mut [u8]) -> bool {
-        let Some((range, offset)) = self.find(address, data.len()) else {
-            return false;
-        };
-        // A device that panicked while locked is still answered: its state
-        // is plain registers, and the guest must not bring the VMM down.
-        let mut device = range
+    /// The device answering `size` bytes at `address`, locked, with the
+    /// offset into it. A device that panicked while locked is still
+    /// answered: its state is plain registers, and the guest must not bring
+    /// the VMM down.
+    fn locked_device(
+        &self,
+        address: u64,
+        size: usize,
+    ) -> Option<(MutexGuard<'_, dyn BusDevice + 'static>, u64)> {
+        let (range, offset) = self.find(address, size)?;
+        let device = range
             .device
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
+        Some((device, offset))
+    }
+
+    /// Returns false when no device answers at `address`.
+    pub fn read(&self, address: u64, data: &mut [u8]) -> bool {
+        let Some((mut device, offset)) = self.locked_device(address, data.len()) else {
+            return false;
+        };
         device.read(offset, data);
         true
     }
 
     /// Returns false when no device answers at `address`.
     pub fn write(&self, address: u64, data: &[u8]) -> bool {
-        let Some((range, offset)) = self.find(address, data.len()) else {
+        let Some((mut device, offset)) = self.locked_device(address, data.len()) else {
             return false;
         };
-        let mut device = range
-            .device
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
         device.write(offset, data);
         true
     }

@@ -266,13 +266,11 @@ fn read_kernel_boot(mut kernel_boot: Object, diag: &mut Diagnostics) -> Option<K
         .required("container", diag)
         .and_then(|f| f.object(diag))
     {
-        container.ignore(
-            "image",
+        ignore_image_fields(
+            &mut container,
             "vmpod reads kernelPath and initrdPath inside its own pod: mount or bake the image's files there",
             diag,
         );
-        container.ignore("imagePullPolicy", "images are pulled by the pod", diag);
-        container.ignore("imagePullSecret", "images are pulled by the pod", diag);
         kernel = container
             .required("kernelPath", diag)
             .and_then(|f| absolute_path(&f, diag));
@@ -307,6 +305,13 @@ fn read_cmdline(field: &Field, diag: &mut Diagnostics) -> Option<String> {
         return None;
     }
     Some(cmdline)
+}
+
+/// `image` and its pull settings: the pod pulls images, vmpod reads files.
+pub fn ignore_image_fields(object: &mut Object, image_reason: &str, diag: &mut Diagnostics) {
+    object.ignore("image", image_reason, diag);
+    object.ignore("imagePullPolicy", "images are pulled by the pod", diag);
+    object.ignore("imagePullSecret", "images are pulled by the pod", diag);
 }
 
 /// A path inside the pod; relative paths would depend on the working directory.

@@ -9,7 +9,7 @@ use std::collections::BTreeSet;
 use super::config::{Disk, DiskSource};
 use super::devices::{check_unique, read_name, DiskRef};
 use super::doc::{join, quote, Diagnostics, Field, Object};
-use super::domain::absolute_path;
+use super::domain::{absolute_path, ignore_image_fields};
 
 /// Where a persistentVolumeClaim volume must be mounted in the pod.
 pub const PVC_MOUNT_ROOT: &str = "/vm/volumes";
@@ -114,13 +114,11 @@ fn read_volume(field: &Field, diag: &mut Diagnostics) -> Option<Volume> {
 }
 
 fn read_container_disk(mut object: Object, diag: &mut Diagnostics) -> Option<DiskSource> {
-    object.ignore(
-        "image",
+    ignore_image_fields(
+        &mut object,
         "vmpod reads the disk at `path` inside its own pod: mount or bake the image's disk there",
         diag,
     );
-    object.ignore("imagePullPolicy", "images are pulled by the pod", diag);
-    object.ignore("imagePullSecret", "images are pulled by the pod", diag);
     let path = match object.field("path") {
         Some(f) => absolute_path(&f, diag),
         None => Some(CONTAINER_DISK_DEFAULT.into()),

@@ -28,6 +28,16 @@ pub fn kvm_available(test: &str) -> bool {
     available
 }
 
+/// True (after saying so) when a run failed only because /dev/kvm is not
+/// usable here, so the test cannot check what it is about.
+pub fn skipped_for_kvm(test: &str, run: &Finished) -> bool {
+    let skipped = run.stderr.contains("/dev/kvm");
+    if skipped {
+        eprintln!("{test}: skipped: /dev/kvm is not usable here");
+    }
+    skipped
+}
+
 /// A scratch directory for one test, removed when dropped.
 pub struct Scratch(pub PathBuf);
 
