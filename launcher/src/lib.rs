@@ -4,7 +4,9 @@
 //!
 //! Data flows one way: `spec` (definitions → `VmConfig`) → `vmm` → `devices`.
 
+pub mod control;
 pub mod devices;
+pub mod helpers;
 pub mod logging;
 pub mod spec;
 pub mod vmm;

@@ -47,6 +47,15 @@ enum Command {
         /// Which VM, when the file holds several
         #[arg(long)]
         name: Option<String>,
+        /// Where the control sockets go (serial.sock, …)
+        #[arg(long, env = "VMPOD_RUN_DIR", default_value = vmpod::control::rundir::DEFAULT_RUN_DIR, value_name = "DIR")]
+        run_dir: PathBuf,
+        /// Bytes of console output replayed to a serial client when it attaches
+        #[arg(long, default_value_t = vmpod::control::serial::DEFAULT_SCROLLBACK, value_name = "BYTES")]
+        serial_scrollback: usize,
+        /// Bytes a serial client may fall behind before it is detached
+        #[arg(long, default_value_t = vmpod::control::serial::DEFAULT_CLIENT_BACKLOG, value_name = "BYTES")]
+        serial_client_backlog: usize,
     },
     /// Check VM definitions and print every problem with its YAML path
     Validate {
@@ -69,7 +78,14 @@ enum Command {
         output: Format,
     },
     /// Attach to the VM's serial console (also as /vm/serial)
-    Serial,
+    Serial {
+        /// The run directory of the vmpod to attach to
+        #[arg(long, env = "VMPOD_RUN_DIR", default_value = vmpod::control::rundir::DEFAULT_RUN_DIR, value_name = "DIR")]
+        run_dir: PathBuf,
+        /// Key that detaches an interactive session: ^] (default), ^ and a letter, or none
+        #[arg(long, default_value = "^]", value_parser = vmpod::helpers::terminal::parse_escape)]
+        escape: vmpod::helpers::terminal::EscapeKey,
+    },
     /// Open the VM's human monitor (also as /vm/monitor)
     Monitor,
     /// Relay the VM's QMP socket to stdio (also as /vm/qmp)
@@ -116,12 +132,34 @@ fn main() -> ExitCode {
     vmpod::logging::init();
     let cli = Cli::parse_from(arguments_with_role(std::env::args_os().collect()));
     match cli.command {
-        Command::Launch { file, name } => definitions::launch(&file, name.as_deref()),
+        Command::Launch {
+            file,
+            name,
+            run_dir,
+            serial_scrollback,
+            serial_client_backlog,
+        } => {
+            let options = vmpod::vmm::LaunchOptions {
+                run_dir,
+                serial_scrollback,
+                serial_client_backlog,
+            };
+            definitions::launch(&file, name.as_deref(), &options)
+        }
         Command::Validate { files, quiet } => definitions::validate(&files, quiet),
         Command::Render { file, name, output } => {
             definitions::render(&file, name.as_deref(), output)
         }
-        Command::Serial | Command::Monitor | Command::Qmp | Command::Vnc | Command::Ready => {
+        Command::Serial { run_dir, escape } => {
+            match vmpod::helpers::serial::attach(&run_dir, escape.0) {
+                Ok(_) => ExitCode::SUCCESS,
+                Err(error) => {
+                    report(&error);
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Command::Monitor | Command::Qmp | Command::Vnc | Command::Ready => {
             eprintln!("vmpod: error: this client role is not yet available in this build of vmpod");
             ExitCode::FAILURE
         }

@@ -91,8 +91,9 @@ fn a_pod_without_dev_kvm_is_told_how_to_pass_it_in() {
     // A private mount namespace whose /dev is an empty tmpfs, as in a pod
     // that did not mount the device.
     let script = format!(
-        "mount -t tmpfs none /dev && exec {VMPOD} launch --file {}",
-        definition.display()
+        "mount -t tmpfs none /dev && exec {VMPOD} launch --file {} --run-dir {}",
+        definition.display(),
+        common::run_dir_for(&definition).display()
     );
     let run = launch_with(Command::new("unshare").args([
         "--mount",
@@ -146,7 +147,9 @@ fn a_user_without_access_to_dev_kvm_is_told_so() {
                 "launch",
                 "--file",
             ])
-            .arg(&definition),
+            .arg(&definition)
+            .arg("--run-dir")
+            .arg(common::run_dir_for(&definition)),
     )
     .finish(WATCHDOG);
     assert_eq!(run.code, Some(1), "{}", run.stderr);

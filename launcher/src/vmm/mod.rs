@@ -25,6 +25,8 @@ use kvm_ioctls::{Kvm, VmFd};
 use vm_memory::{GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion, MemoryRegionAddress};
 use vmm_sys_util::eventfd::EventFd;
 
+use crate::control::rundir::{RunDir, SERIAL_SOCKET};
+use crate::control::serial::{HubWriter, SerialHub, SerialServer};
 use crate::devices::bus::Bus;
 use crate::devices::legacy::{acpi_pm::AcpiPlatform, i8042::I8042, serial::SerialPort};
 use crate::devices::VmRequest;
@@ -54,6 +56,8 @@ pub enum VmmError {
         #[source]
         source: std::io::Error,
     },
+    #[error(transparent)]
+    RunDir(#[from] crate::control::rundir::RunDirError),
     #[error("device layout: {0}")]
     Layout(#[from] crate::devices::bus::OverlapError),
     #[error("the VM stopped: {0}")]
@@ -66,6 +70,17 @@ fn kvm_error(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> VmmError {
 
 fn io_error(what: &'static str) -> impl FnOnce(std::io::Error) -> VmmError {
     move |source| VmmError::Io { what, source }
+}
+
+/// How `vmpod launch` serves the VM, beside its definition.
+#[derive(Debug, Clone)]
+pub struct LaunchOptions {
+    /// Where the control sockets go (`/vm/run` in a pod).
+    pub run_dir: std::path::PathBuf,
+    /// Bytes of serial output replayed to a client when it attaches.
+    pub serial_scrollback: usize,
+    /// How far a serial client may fall behind before it is detached.
+    pub serial_client_backlog: usize,
 }
 
 /// How a run ended, when it ended well.
@@ -83,15 +98,19 @@ struct Platform {
     serial_interrupt: EventFd,
 }
 
-fn build_platform(requests: &mpsc::Sender<VmRequest>) -> Result<Platform, VmmError> {
+fn build_platform(
+    requests: &mpsc::Sender<VmRequest>,
+    hub: &Arc<SerialHub>,
+) -> Result<Platform, VmmError> {
     let serial_interrupt =
         EventFd::new(libc::EFD_NONBLOCK).map_err(io_error("create the serial interrupt"))?;
     let serial_trigger = serial_interrupt
         .try_clone()
         .map_err(io_error("create the serial interrupt"))?;
+    let output = HubWriter::new(hub.clone(), Box::new(console::ConsoleOutput));
     let serial = Arc::new(Mutex::new(SerialPort::new(
         serial_trigger,
-        Box::new(console::ConsoleOutput),
+        Box::new(output),
     )));
     let mut pio = Bus::default();
     pio.insert(u64::from(layout::COM1_PORT), 8, serial.clone())?;
@@ -119,7 +138,7 @@ fn build_platform(requests: &mpsc::Sender<VmRequest>) -> Result<Platform, VmmErr
 }
 
 /// Boots `config` and runs it until the guest powers off or fails.
-pub fn run(config: &VmConfig) -> Result<Outcome, VmmError> {
+pub fn run(config: &VmConfig, options: &LaunchOptions) -> Result<Outcome, VmmError> {
     let kvm = host::open_kvm()?;
     host::warn_if_pvm();
     host::check_memory(
@@ -128,9 +147,17 @@ pub fn run(config: &VmConfig) -> Result<Outcome, VmmError> {
         host::host_memory_total(),
     )?;
     vcpu::install_kick_handler().map_err(io_error("install the vCPU kick signal handler"))?;
+    let run_dir = RunDir::create(&options.run_dir)?;
+    let serial_listener = run_dir.listen(SERIAL_SOCKET)?;
     let guest_memory = memory::create(config.memory_bytes)?;
     let (request_sender, requests) = mpsc::channel();
-    let platform = build_platform(&request_sender)?;
+    let hub = SerialHub::new(options.serial_scrollback, options.serial_client_backlog)
+        .map_err(io_error("create the serial console hub"))?;
+    let platform = build_platform(&request_sender, &hub)?;
+    let control = ControlThread::start(
+        SerialServer::new(hub, platform.serial.clone(), serial_listener)
+            .map_err(io_error("serve the serial console"))?,
+    )?;
     let _terminal = console::TerminalMode::character_mode();
     let input = console::ConsoleInput::start(platform.serial.clone())
         .map_err(io_error("start the serial input thread"))?;
@@ -143,7 +170,41 @@ pub fn run(config: &VmConfig) -> Result<Outcome, VmmError> {
         &requests,
     );
     input.stop();
+    control.stop();
+    run_dir.remove_socket(SERIAL_SOCKET);
     outcome
+}
+
+/// The `control` thread serving the sockets, stopped through an eventfd.
+struct ControlThread {
+    stop: EventFd,
+    thread: std::thread::JoinHandle<()>,
+}
+
+impl ControlThread {
+    fn start(mut serial: SerialServer) -> Result<Self, VmmError> {
+        let stop =
+            EventFd::new(libc::EFD_NONBLOCK).map_err(io_error("create the control stop event"))?;
+        let thread_stop = stop
+            .try_clone()
+            .map_err(io_error("create the control stop event"))?;
+        let thread = std::thread::Builder::new()
+            .name("control".into())
+            .spawn(move || {
+                if let Err(error) = serial.run(&thread_stop) {
+                    log::error!("the serial console server stopped: {error}");
+                }
+            })
+            .map_err(io_error("start the control thread"))?;
+        Ok(ControlThread { stop, thread })
+    }
+
+    fn stop(self) {
+        let _ = self.stop.write(1);
+        if self.thread.join().is_err() {
+            log::error!("the control thread panicked");
+        }
+    }
 }
 
 fn run_boots(

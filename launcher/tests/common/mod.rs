@@ -116,12 +116,20 @@ pub struct Finished {
     pub stderr: String,
 }
 
+/// `vmpod launch`, with its sockets in a `run` directory beside the definition.
 pub fn launch(definition: &Path) -> Running {
     launch_with(
         Command::new(VMPOD)
             .args(["launch", "--file"])
-            .arg(definition),
+            .arg(definition)
+            .arg("--run-dir")
+            .arg(run_dir_for(definition)),
     )
+}
+
+/// The run directory `launch` gives the VM of `definition`.
+pub fn run_dir_for(definition: &Path) -> PathBuf {
+    definition.parent().unwrap_or(Path::new(".")).join("run")
 }
 
 pub fn launch_with(command: &mut Command) -> Running {

@@ -1,0 +1,462 @@
+//! The serial console hub: guest output goes to the container's stdout (for
+//! `kubectl logs`), into a scrollback buffer, and to every attached client;
+//! what any client types goes to the guest.
+//!
+//! Guest output arrives on vCPU threads and only ever appends to bounded
+//! buffers, then wakes the control thread, which does all socket I/O
+//! without blocking. A client that falls too far behind is detached with a
+//! message, so a slow or stuck client never stalls the guest or the others.
+
+use std::collections::VecDeque;
+use std::io::{ErrorKind, Read, Write};
+use std::os::fd::{AsRawFd, RawFd};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
+use vmm_sys_util::eventfd::EventFd;
+
+use crate::devices::legacy::serial::SerialPort;
+
+pub const DEFAULT_SCROLLBACK: usize = 64 * 1024;
+/// How far one client may fall behind before it is detached, by default.
+pub const DEFAULT_CLIENT_BACKLOG: usize = 1024 * 1024;
+/// The kernel buffer of each client socket, so the backlog limit bites.
+const CLIENT_SOCKET_BUFFER: libc::c_int = 32 * 1024;
+/// At most this many clients at once (one thread serves them all).
+pub const MAX_CLIENTS: usize = 64;
+const DETACH_NOTICE: &[u8] =
+    b"\r\n[vmpod: this client fell too far behind the serial console and was detached]\r\n";
+
+struct Client {
+    id: u64,
+    stream: UnixStream,
+    /// Guest output not yet written to this client.
+    backlog: VecDeque<u8>,
+    /// Typed input the guest's queue had no room for yet.
+    typed: VecDeque<u8>,
+    lagging: bool,
+    /// Whether epoll also reports when this client can take more output.
+    watching_output: bool,
+}
+
+struct HubState {
+    scrollback: VecDeque<u8>,
+    scrollback_limit: usize,
+    client_backlog_limit: usize,
+    clients: Vec<Client>,
+    next_id: u64,
+}
+
+/// Shared by the UART's output writer (vCPU threads) and the control thread.
+pub struct SerialHub {
+    state: Mutex<HubState>,
+    wake: EventFd,
+    wake_pending: AtomicBool,
+}
+
+impl SerialHub {
+    pub fn new(scrollback_limit: usize, client_backlog_limit: usize) -> std::io::Result<Arc<Self>> {
+        Ok(Arc::new(SerialHub {
+            state: Mutex::new(HubState {
+                scrollback: VecDeque::new(),
+                scrollback_limit,
+                client_backlog_limit,
+                clients: Vec::new(),
+                next_id: 1,
+            }),
+            wake: EventFd::new(libc::EFD_NONBLOCK)?,
+            wake_pending: AtomicBool::new(false),
+        }))
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, HubState> {
+        self.state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Guest output: into the scrollback and every client's backlog.
+    pub fn guest_output(&self, bytes: &[u8]) {
+        let mut state = self.state();
+        let limit = state.scrollback_limit;
+        let backlog_limit = state.client_backlog_limit;
+        state.scrollback.extend(bytes);
+        let excess = state.scrollback.len().saturating_sub(limit);
+        state.scrollback.drain(..excess);
+        for client in &mut state.clients {
+            if client.backlog.len() + bytes.len() > backlog_limit {
+                client.lagging = true;
+            } else {
+                client.backlog.extend(bytes);
+            }
+        }
+        let has_clients = !state.clients.is_empty();
+        drop(state);
+        if has_clients && !self.wake_pending.swap(true, Ordering::AcqRel) {
+            // Wakes the control thread; a full counter already wakes it.
+            let _ = self.wake.write(1);
+        }
+    }
+
+    /// A new client: it first receives the scrollback.
+    fn attach(&self, stream: UnixStream) -> Option<u64> {
+        let mut state = self.state();
+        if state.clients.len() >= MAX_CLIENTS {
+            log::warn!("refused a serial console client: {MAX_CLIENTS} are attached already");
+            return None;
+        }
+        let id = state.next_id;
+        state.next_id += 1;
+        let backlog = state.scrollback.clone();
+        state.clients.push(Client {
+            id,
+            stream,
+            backlog,
+            typed: VecDeque::new(),
+            lagging: false,
+            watching_output: false,
+        });
+        Some(id)
+    }
+
+    pub fn client_count(&self) -> usize {
+        self.state().clients.len()
+    }
+}
+
+/// The UART's output: the container's stdout and the hub.
+pub struct HubWriter {
+    hub: Arc<SerialHub>,
+    stdout: Box<dyn Write + Send>,
+}
+
+impl HubWriter {
+    pub fn new(hub: Arc<SerialHub>, stdout: Box<dyn Write + Send>) -> Self {
+        HubWriter { hub, stdout }
+    }
+}
+
+impl Write for HubWriter {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.hub.guest_output(bytes);
+        // A closed or broken stdout must not lose the console for clients.
+        if let Err(error) = self.stdout.write_all(bytes) {
+            log::debug!("console output to stdout failed: {error}");
+        }
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.stdout.flush()
+    }
+}
+
+/// Serves the serial socket on the control thread until `stop` is signalled.
+pub struct SerialServer {
+    hub: Arc<SerialHub>,
+    serial: Arc<Mutex<SerialPort>>,
+    listener: UnixListener,
+    epoll: Epoll,
+}
+
+const LISTENER: u64 = 0;
+const WAKE: u64 = 1;
+const STOP: u64 = 2;
+const FIRST_CLIENT: u64 = 3;
+
+impl SerialServer {
+    pub fn new(
+        hub: Arc<SerialHub>,
+        serial: Arc<Mutex<SerialPort>>,
+        listener: UnixListener,
+    ) -> std::io::Result<Self> {
+        let epoll = Epoll::new()?;
+        let readable = |data| EpollEvent::new(EventSet::IN, data);
+        epoll.ctl(
+            ControlOperation::Add,
+            listener.as_raw_fd(),
+            readable(LISTENER),
+        )?;
+        epoll.ctl(ControlOperation::Add, hub.wake.as_raw_fd(), readable(WAKE))?;
+        Ok(SerialServer {
+            hub,
+            serial,
+            listener,
+            epoll,
+        })
+    }
+
+    /// Runs until `stop` becomes readable.
+    pub fn run(&mut self, stop: &EventFd) -> std::io::Result<()> {
+        self.epoll.ctl(
+            ControlOperation::Add,
+            stop.as_raw_fd(),
+            EpollEvent::new(EventSet::IN, STOP),
+        )?;
+        let mut events = vec![EpollEvent::default(); 32];
+        loop {
+            let retry_input = self.hub.state().clients.iter().any(|c| !c.typed.is_empty());
+            let timeout = if retry_input { 10 } else { -1 };
+            let count = match self.epoll.wait(timeout, &mut events) {
+                Ok(count) => count,
+                Err(error) if error.kind() == ErrorKind::Interrupted => continue,
+                Err(error) => return Err(error),
+            };
+            for event in &events[..count] {
+                match event.data() {
+                    STOP => return Ok(()),
+                    LISTENER => self.accept_all(),
+                    WAKE => {
+                        let _ = self.hub.wake.read();
+                        self.hub.wake_pending.store(false, Ordering::Release);
+                    }
+                    id => self.read_client(id - FIRST_CLIENT + 1, event.event_set()),
+                }
+            }
+            self.pass_typed_input();
+            self.flush_clients();
+        }
+    }
+
+    fn accept_all(&mut self) {
+        loop {
+            match self.listener.accept() {
+                Ok((stream, _)) => {
+                    if stream.set_nonblocking(true).is_err() {
+                        continue;
+                    }
+                    limit_send_buffer(&stream);
+                    let fd = stream.as_raw_fd();
+                    if let Some(id) = self.hub.attach(stream) {
+                        let event = EpollEvent::new(
+                            EventSet::IN | EventSet::READ_HANG_UP,
+                            id + FIRST_CLIENT - 1,
+                        );
+                        if let Err(error) = self.epoll.ctl(ControlOperation::Add, fd, event) {
+                            log::warn!("cannot watch a serial console client: {error}");
+                            self.remove(id);
+                        } else {
+                            log::info!("serial console client {id} attached");
+                        }
+                    }
+                }
+                Err(error) if error.kind() == ErrorKind::WouldBlock => return,
+                Err(error) => {
+                    log::warn!("accepting a serial console client failed: {error}");
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Reads what a client typed; its bytes go to the guest in order.
+    fn read_client(&mut self, id: u64, events: EventSet) {
+        let mut buffer = [0u8; 4096];
+        let mut closed =
+            events.contains(EventSet::READ_HANG_UP) || events.contains(EventSet::HANG_UP);
+        {
+            let mut state = self.hub.state();
+            let Some(client) = state.clients.iter_mut().find(|c| c.id == id) else {
+                return;
+            };
+            loop {
+                match client.stream.read(&mut buffer) {
+                    Ok(0) => {
+                        closed = true;
+                        break;
+                    }
+                    Ok(read) => client.typed.extend(&buffer[..read]),
+                    Err(error) if error.kind() == ErrorKind::WouldBlock => break,
+                    Err(error) if error.kind() == ErrorKind::Interrupted => continue,
+                    Err(_) => {
+                        closed = true;
+                        break;
+                    }
+                }
+            }
+        }
+        self.pass_typed_input();
+        if closed {
+            self.remove(id);
+        }
+    }
+
+    /// Hands typed bytes to the UART. The hub's lock is never held while
+    /// the UART's is taken: vCPUs take the UART's lock, then the hub's (to
+    /// publish output), so the opposite order here would deadlock.
+    fn pass_typed_input(&mut self) {
+        let typed: Vec<(u64, Vec<u8>)> = {
+            let mut state = self.hub.state();
+            state
+                .clients
+                .iter_mut()
+                .filter(|client| !client.typed.is_empty())
+                .map(|client| (client.id, client.typed.drain(..).collect()))
+                .collect()
+        };
+        if typed.is_empty() {
+            return;
+        }
+        let mut leftovers = Vec::new();
+        {
+            let mut serial = self
+                .serial
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            for (id, bytes) in typed {
+                let taken = serial.queue_input(&bytes);
+                if taken < bytes.len() {
+                    leftovers.push((id, bytes[taken..].to_vec())); // the guest is behind: later
+                }
+            }
+        }
+        // Only this thread adds typed bytes, so nothing arrived meanwhile.
+        let mut state = self.hub.state();
+        for (id, rest) in leftovers {
+            if let Some(client) = state.clients.iter_mut().find(|client| client.id == id) {
+                client.typed.extend(rest);
+            }
+        }
+    }
+
+    /// Writes backlogs without blocking; detaches clients that lag.
+    fn flush_clients(&mut self) {
+        let mut gone = Vec::new();
+        {
+            let mut state = self.hub.state();
+            for client in &mut state.clients {
+                if client.lagging {
+                    let _ = client.stream.write(DETACH_NOTICE);
+                    log::info!(
+                        "serial console client {} fell behind and was detached",
+                        client.id
+                    );
+                    gone.push(client.id);
+                    continue;
+                }
+                if !write_backlog(client) {
+                    gone.push(client.id);
+                    continue;
+                }
+                // Whatever the socket did not take is sent when it can.
+                let wants_output = !client.backlog.is_empty();
+                if wants_output != client.watching_output {
+                    let mut interest = EventSet::IN | EventSet::READ_HANG_UP;
+                    if wants_output {
+                        interest |= EventSet::OUT;
+                    }
+                    let event = EpollEvent::new(interest, client.id + FIRST_CLIENT - 1);
+                    if self
+                        .epoll
+                        .ctl(ControlOperation::Modify, client.stream.as_raw_fd(), event)
+                        .is_ok()
+                    {
+                        client.watching_output = wants_output;
+                    }
+                }
+            }
+        }
+        for id in gone {
+            self.remove(id);
+        }
+    }
+
+    fn remove(&mut self, id: u64) {
+        let mut state = self.hub.state();
+        if let Some(index) = state.clients.iter().position(|c| c.id == id) {
+            let client = state.clients.remove(index);
+            let fd: RawFd = client.stream.as_raw_fd();
+            let _ = self
+                .epoll
+                .ctl(ControlOperation::Delete, fd, EpollEvent::default());
+            log::info!("serial console client {id} detached");
+        }
+    }
+}
+
+/// Caps the kernel's buffer for one client; the backlog is ours to bound.
+fn limit_send_buffer(stream: &UnixStream) {
+    let size = CLIENT_SOCKET_BUFFER;
+    // SAFETY: SO_SNDBUF takes a c_int; `size` lives for the call.
+    unsafe {
+        libc::setsockopt(
+            stream.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_SNDBUF,
+            std::ptr::addr_of!(size).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        );
+    }
+}
+
+/// Writes as much of the backlog as the socket takes; false when the
+/// client is gone.
+fn write_backlog(client: &mut Client) -> bool {
+    while !client.backlog.is_empty() {
+        let (front, _) = client.backlog.as_slices();
+        match client.stream.write(front) {
+            Ok(0) => return false,
+            Ok(written) => {
+                client.backlog.drain(..written);
+            }
+            // Full socket buffer: the rest waits for the next wake-up.
+            Err(error) if error.kind() == ErrorKind::WouldBlock => return true,
+            Err(error) if error.kind() == ErrorKind::Interrupted => continue,
+            Err(_) => return false,
+        }
+    }
+    true
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scrollback_keeps_the_newest_bytes() {
+        let hub = SerialHub::new(8, DEFAULT_CLIENT_BACKLOG).expect("hub");
+        hub.guest_output(b"0123456789");
+        hub.guest_output(b"ab");
+        let state = hub.state();
+        assert_eq!(
+            state.scrollback.iter().copied().collect::<Vec<u8>>(),
+            b"456789ab"
+        );
+    }
+
+    #[test]
+    fn a_new_client_starts_with_the_scrollback_and_then_gets_live_output() {
+        let hub = SerialHub::new(DEFAULT_SCROLLBACK, DEFAULT_CLIENT_BACKLOG).expect("hub");
+        hub.guest_output(b"boot log\n");
+        let (ours, _theirs) = UnixStream::pair().expect("pair");
+        let id = hub.attach(ours).expect("attached");
+        hub.guest_output(b"login: ");
+        let state = hub.state();
+        let client = state.clients.iter().find(|c| c.id == id).expect("client");
+        assert_eq!(
+            client.backlog.iter().copied().collect::<Vec<u8>>(),
+            b"boot log\nlogin: "
+        );
+    }
+
+    #[test]
+    fn a_client_that_falls_behind_is_marked_but_the_others_are_not() {
+        let hub = SerialHub::new(16, 1024).expect("hub");
+        let (slow, _slow_peer) = UnixStream::pair().expect("pair");
+        let (fast, _fast_peer) = UnixStream::pair().expect("pair");
+        let slow_id = hub.attach(slow).expect("attached");
+        hub.attach(fast).expect("attached");
+        hub.guest_output(&[b'x'; 1024]);
+        hub.state()
+            .clients
+            .iter_mut()
+            .filter(|c| c.id != slow_id)
+            .for_each(|c| c.backlog.clear());
+        hub.guest_output(b"more");
+        let state = hub.state();
+        let lagging: Vec<bool> = state.clients.iter().map(|c| c.lagging).collect();
+        assert_eq!(lagging, [true, false]);
+    }
+}

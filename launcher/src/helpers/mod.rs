@@ -1,0 +1,6 @@
+//! The `/vm/*` helpers: small clients that connect to vmpod's sockets in the
+//! run directory and relay them to stdio, for `kubectl exec`. They share
+//! nothing with the VMM but the socket names.
+
+pub mod serial;
+pub mod terminal;

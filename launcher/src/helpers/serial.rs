@@ -1,0 +1,132 @@
+//! `/vm/serial`: attaches stdio to the VM's serial console. On a terminal
+//! it switches to raw mode and detaches on the escape key (Ctrl-] unless
+//! told otherwise); without one it is a plain pipe for scripts, and after
+//! stdin ends it shows what the console still says until it is quiet.
+
+use std::io::{ErrorKind, Read, Write};
+use std::os::fd::AsRawFd;
+use std::os::unix::net::UnixStream;
+use std::path::PathBuf;
+
+use super::terminal::{RawMode, Signals};
+use crate::control::rundir::SERIAL_SOCKET;
+
+/// After stdin ends, output is still shown until this long a silence.
+const QUIET_AFTER_INPUT_ENDS_MS: i32 = 500;
+
+#[derive(Debug, thiserror::Error)]
+pub enum SerialError {
+    #[error("cannot reach the serial console at {}: is vmpod running in this pod (or with this --run-dir)?", path.display())]
+    Connect {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("the serial console connection failed")]
+    Io(#[from] std::io::Error),
+}
+
+/// How the session ended.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Ended {
+    Detached,
+    ConsoleClosed,
+    InputEnded,
+    Signalled,
+}
+
+pub fn attach(run_dir: &std::path::Path, escape: Option<u8>) -> Result<Ended, SerialError> {
+    let path = run_dir.join(SERIAL_SOCKET);
+    let mut console =
+        UnixStream::connect(&path).map_err(|source| SerialError::Connect { path, source })?;
+    let signals = Signals::take()?;
+    let raw = RawMode::enter();
+    if raw.is_some() {
+        let key = escape.map_or("no key".to_owned(), |k| {
+            format!("Ctrl-{}", (k | 0x40) as char)
+        });
+        eprint!("[vmpod: attached to the serial console; {key} detaches]\r\n");
+    }
+    let ended = relay(
+        &mut console,
+        &signals,
+        raw.is_some().then_some(escape).flatten(),
+    );
+    drop(raw);
+    if matches!(ended, Ok(Ended::Detached)) {
+        eprintln!("\n[vmpod: detached from the serial console]");
+    }
+    ended
+}
+
+fn relay(
+    console: &mut UnixStream,
+    signals: &Signals,
+    escape: Option<u8>,
+) -> Result<Ended, SerialError> {
+    let mut stdin_open = true;
+    let mut buffer = [0u8; 8192];
+    let mut stdout = std::io::stdout().lock();
+    loop {
+        let mut fds = [
+            libc::pollfd {
+                fd: console.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            },
+            libc::pollfd {
+                fd: signals.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            },
+            libc::pollfd {
+                fd: if stdin_open { 0 } else { -1 },
+                events: libc::POLLIN,
+                revents: 0,
+            },
+        ];
+        let timeout = if stdin_open {
+            -1
+        } else {
+            QUIET_AFTER_INPUT_ENDS_MS
+        };
+        // SAFETY: `fds` holds three valid pollfd entries for the call.
+        let ready = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, timeout) };
+        if ready < 0 {
+            let error = std::io::Error::last_os_error();
+            if error.kind() == ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(error.into());
+        }
+        if ready == 0 {
+            return Ok(Ended::InputEnded);
+        }
+        if fds[1].revents != 0 {
+            return Ok(Ended::Signalled);
+        }
+        if fds[0].revents != 0 {
+            let read = console.read(&mut buffer)?;
+            if read == 0 {
+                return Ok(Ended::ConsoleClosed);
+            }
+            stdout.write_all(&buffer[..read])?;
+            stdout.flush()?;
+        }
+        if fds[2].revents != 0 {
+            let read = std::io::stdin().lock().read(&mut buffer)?;
+            if read == 0 {
+                stdin_open = false;
+                continue;
+            }
+            let typed = &buffer[..read];
+            match escape.and_then(|key| typed.iter().position(|byte| *byte == key)) {
+                Some(at) => {
+                    console.write_all(&typed[..at])?;
+                    return Ok(Ended::Detached);
+                }
+                None => console.write_all(typed)?,
+            }
+        }
+    }
+}
