@@ -44,6 +44,10 @@ _start:
     call puts
 idle:
     mov $stack_top, %esp
+    mov $COM1_LSR, %dx          /* input that came before we slept */
+    in %dx, %al
+    test $1, %al
+    jnz serial_interrupt
     sti
     hlt
     jmp idle

@@ -185,3 +185,23 @@ fn the_helper_says_when_no_vm_is_there() {
         "{error}"
     );
 }
+
+#[test]
+fn input_from_a_client_that_closes_at_once_is_not_lost() {
+    if !kvm_available("input_from_a_client_that_closes_at_once_is_not_lost") {
+        return;
+    }
+    let scratch = Scratch::new("serial-send-and-close");
+    let (mut vm, run_dir) = start_echo(&scratch, 1 << 20);
+    // Like `printf '\x04' | socat - UNIX:serial.sock`: write, then hang up.
+    let mut client = UnixStream::connect(run_dir.join("serial.sock")).expect("connect");
+    client.write_all(b"\x04").expect("type Ctrl-D");
+    drop(client);
+    let run = vm_finish(&mut vm);
+    assert_eq!(run.code, Some(0), "{}", run.stderr);
+    assert!(
+        run.stdout.ends_with("echo guest: powering off\n"),
+        "{}",
+        run.stdout
+    );
+}

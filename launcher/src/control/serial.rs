@@ -253,33 +253,29 @@ impl SerialServer {
 
     /// Reads what a client typed; its bytes go to the guest in order.
     fn read_client(&mut self, id: u64, events: EventSet) {
-        let mut buffer = [0u8; 4096];
-        let mut closed =
-            events.contains(EventSet::READ_HANG_UP) || events.contains(EventSet::HANG_UP);
-        {
-            let mut state = self.hub.state();
-            let Some(client) = state.clients.iter_mut().find(|c| c.id == id) else {
-                return;
-            };
-            loop {
-                match client.stream.read(&mut buffer) {
-                    Ok(0) => {
-                        closed = true;
-                        break;
-                    }
-                    Ok(read) => client.typed.extend(&buffer[..read]),
-                    Err(error) if error.kind() == ErrorKind::WouldBlock => break,
-                    Err(error) if error.kind() == ErrorKind::Interrupted => continue,
-                    Err(_) => {
-                        closed = true;
-                        break;
-                    }
-                }
-            }
-        }
+        let hung_up = events.contains(EventSet::READ_HANG_UP) || events.contains(EventSet::HANG_UP);
+        let closed = self.drain_input(id) || hung_up;
         self.pass_typed_input();
         if closed {
             self.remove(id);
+        }
+    }
+
+    /// Reads everything a client has sent so far; true when it has closed.
+    fn drain_input(&mut self, id: u64) -> bool {
+        let mut buffer = [0u8; 4096];
+        let mut state = self.hub.state();
+        let Some(client) = state.clients.iter_mut().find(|c| c.id == id) else {
+            return true;
+        };
+        loop {
+            match client.stream.read(&mut buffer) {
+                Ok(0) => return true,
+                Ok(read) => client.typed.extend(&buffer[..read]),
+                Err(error) if error.kind() == ErrorKind::WouldBlock => return false,
+                Err(error) if error.kind() == ErrorKind::Interrupted => continue,
+                Err(_) => return true,
+            }
         }
     }
 
@@ -363,7 +359,11 @@ impl SerialServer {
         }
     }
 
+    /// Detaches a client, after passing on what it typed before it went
+    /// (a client may send and close before it was ever read).
     fn remove(&mut self, id: u64) {
+        self.drain_input(id);
+        self.pass_typed_input();
         let mut state = self.hub.state();
         if let Some(index) = state.clients.iter().position(|c| c.id == id) {
             let client = state.clients.remove(index);
