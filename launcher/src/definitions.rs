@@ -185,6 +185,10 @@ pub fn launch(file: &Path, name: Option<&str>, options: &vmpod::vmm::LaunchOptio
     );
     match vmpod::vmm::run(config, options) {
         Ok(vmpod::vmm::Outcome::Poweroff) => ExitCode::SUCCESS,
+        // Like a process killed by that signal: 143 after SIGTERM.
+        Ok(vmpod::vmm::Outcome::ForcedStop(signal)) => {
+            ExitCode::from(128u8.saturating_add(signal as u8))
+        }
         Err(error) => {
             report(&error);
             ExitCode::FAILURE

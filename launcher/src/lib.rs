@@ -8,5 +8,6 @@ pub mod control;
 pub mod devices;
 pub mod helpers;
 pub mod logging;
+pub mod signals;
 pub mod spec;
 pub mod vmm;

@@ -67,6 +67,12 @@ fn iasl_disassembles_and_recompiles_every_table() {
     let read = |name: &str| std::fs::read_to_string(directory.join(name)).expect("dsl");
     let dsdt = read("dsdt.dsl");
     for expected in [
+        "Device (GED0)",
+        "\"ACPI0013\"",
+        "Method (_EVT, 1, Serialized)",
+        "Notify (\\_SB.PWRB, 0x80)",
+        "Device (PWRB)",
+        "\"PNP0C0C\"",
         "Name (_S5, Package",
         "Device (COM1)",
         "\"PNP0501\"",

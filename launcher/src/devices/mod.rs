@@ -4,6 +4,7 @@
 //! they never reach into the VMM.
 
 pub mod bus;
+pub mod ged;
 pub mod legacy;
 
 /// What a device (or a vCPU) asks of the VMM.
@@ -13,6 +14,8 @@ pub enum VmRequest {
     Poweroff,
     /// The guest asked for a reset; the reason is for the log.
     Reset(&'static str),
+    /// Stop the VM now, after this signal (the guest did not power off in time).
+    ForcedStop(u32),
     /// Something went wrong that stops the VM.
     Fatal(String),
 }

@@ -8,8 +8,9 @@ use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
 
-use super::terminal::{RawMode, Signals};
+use super::terminal::RawMode;
 use crate::control::rundir::SERIAL_SOCKET;
+use crate::signals::SignalFd;
 
 /// After stdin ends, output is still shown until this long a silence.
 const QUIET_AFTER_INPUT_ENDS_MS: i32 = 500;
@@ -39,7 +40,8 @@ pub fn attach(run_dir: &std::path::Path, escape: Option<u8>) -> Result<Ended, Se
     let path = run_dir.join(SERIAL_SOCKET);
     let mut console =
         UnixStream::connect(&path).map_err(|source| SerialError::Connect { path, source })?;
-    let signals = Signals::take()?;
+    // Taken as events, so raw mode is undone on these too.
+    let signals = SignalFd::take(&[libc::SIGINT, libc::SIGTERM, libc::SIGHUP])?;
     let raw = RawMode::enter();
     if raw.is_some() {
         let key = escape.map_or("no key".to_owned(), |k| {
@@ -61,7 +63,7 @@ pub fn attach(run_dir: &std::path::Path, escape: Option<u8>) -> Result<Ended, Se
 
 fn relay(
     console: &mut UnixStream,
-    signals: &Signals,
+    signals: &SignalFd,
     escape: Option<u8>,
 ) -> Result<Ended, SerialError> {
     let mut stdin_open = true;

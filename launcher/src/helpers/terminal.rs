@@ -1,8 +1,5 @@
 //! The local terminal, for interactive helpers: raw mode that is always
-//! undone, and the signals that would otherwise end the helper without
-//! undoing it, taken through a signalfd instead.
-
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+//! undone, and the escape key that detaches.
 
 /// Raw mode on stdin for as long as this lives.
 pub struct RawMode {
@@ -37,38 +34,6 @@ impl Drop for RawMode {
     fn drop(&mut self) {
         // SAFETY: restores the attributes read when raw mode was entered.
         unsafe { libc::tcsetattr(0, libc::TCSANOW, &self.saved) };
-    }
-}
-
-/// SIGINT, SIGTERM and SIGHUP, blocked and readable from a descriptor.
-pub struct Signals {
-    fd: OwnedFd,
-}
-
-impl Signals {
-    pub fn take() -> std::io::Result<Self> {
-        // SAFETY: an empty sigset is filled by sigemptyset before use.
-        let mut set: libc::sigset_t = unsafe { std::mem::zeroed() };
-        // SAFETY: `set` is a valid sigset for these calls; blocking the
-        // signals in this thread only makes them readable via signalfd.
-        let fd = unsafe {
-            libc::sigemptyset(&mut set);
-            for signal in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
-                libc::sigaddset(&mut set, signal);
-            }
-            libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
-            libc::signalfd(-1, &set, libc::SFD_CLOEXEC | libc::SFD_NONBLOCK)
-        };
-        if fd < 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        // SAFETY: `fd` is a new descriptor that nothing else owns.
-        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-        Ok(Signals { fd })
-    }
-
-    pub fn as_raw_fd(&self) -> i32 {
-        self.fd.as_raw_fd()
     }
 }
 

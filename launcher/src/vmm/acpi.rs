@@ -106,6 +106,7 @@ fn io_register(port: u16) -> GAS {
 fn fadt(dsdt_address: u64) -> Vec<u8> {
     let mut builder = FADTBuilder::new(OEM_ID, OEM_TABLE_ID, OEM_REVISION)
         .flag(Flags::HwReducedAcpi)
+        .flag(Flags::PwrButton)
         .flag(Flags::ResetRegSup)
         .dsdt_64(dsdt_address);
     builder.iapc_boot_arch =
@@ -160,6 +161,49 @@ fn legacy_device(name: &str, pnp_id: &str, resources: &[&dyn Aml]) -> Encoded {
     )))
 }
 
+/// The Generic Event Device: `_EVT` reads the event register and notifies
+/// the power button when its bit is set.
+fn ged() -> Encoded {
+    let register = aml::Memory32Fixed::new(true, layout::GED_ADDR as u32, 4);
+    let interrupt = aml::Interrupt::new(true, true, false, false, layout::GED_IRQ);
+    let region = aml::OpRegion::new(
+        "GDST".into(),
+        aml::OpRegionSpace::SystemMemory,
+        &(layout::GED_ADDR as u32),
+        &4u32,
+    );
+    let field = aml::Field::new(
+        "GDST".into(),
+        aml::FieldAccessType::DWord,
+        aml::FieldLockRule::NoLock,
+        aml::FieldUpdateRule::WriteAsZeroes,
+        vec![aml::FieldEntry::Named(*b"GDAT", 32)],
+    );
+    let events = aml::Local(0);
+    let event_register = aml::Path::new("GDAT");
+    let power_button_device = aml::Path::new("\\_SB_.PWRB");
+    let read_events = aml::Store::new(&events, &event_register);
+    let power_button_bit = aml::And::new(&aml::ZERO, &events, &aml::ONE);
+    let pressed = aml::Equal::new(&power_button_bit, &aml::ONE);
+    let notify = aml::Notify::new(&power_button_device, &0x80u8);
+    let on_power_button = aml::If::new(&pressed, vec![&notify]);
+    let evt = aml::Method::new("_EVT".into(), 1, true, vec![&read_events, &on_power_button]);
+    Encoded(aml_bytes(&aml::Device::new(
+        "GED0".into(),
+        vec![
+            &aml::Name::new("_HID".into(), &"ACPI0013"),
+            &aml::Name::new("_UID".into(), &aml::ZERO),
+            &aml::Name::new(
+                "_CRS".into(),
+                &aml::ResourceTemplate::new(vec![&register, &interrupt]),
+            ),
+            &region,
+            &field,
+            &evt,
+        ],
+    )))
+}
+
 fn dsdt() -> Vec<u8> {
     let com1_port = aml::IO::new(layout::COM1_PORT, layout::COM1_PORT, 1, 8);
     let com1_irq = aml::Interrupt::new(true, true, false, false, layout::COM1_IRQ);
@@ -172,9 +216,20 @@ fn dsdt() -> Vec<u8> {
     ));
 
     let com1 = legacy_device("COM1", "PNP0501", &[&com1_port, &com1_irq]);
+    let generic_event_device = ged();
+    let power_button = Encoded(aml_bytes(&aml::Device::new(
+        "PWRB".into(),
+        vec![
+            &aml::Name::new("_HID".into(), &aml::EISAName::new("PNP0C0C")),
+            &aml::Name::new("_UID".into(), &aml::ZERO),
+        ],
+    )));
     let keyboard_resources: [&dyn Aml; 3] = [&keyboard_data, &keyboard_command, &keyboard_irq];
     let keyboard = legacy_device("PS2K", "PNP0303", &keyboard_resources);
-    let system_bus = aml_bytes(&aml::Scope::new("\\_SB_".into(), vec![&com1, &keyboard]));
+    let system_bus = aml_bytes(&aml::Scope::new(
+        "\\_SB_".into(),
+        vec![&com1, &keyboard, &generic_event_device, &power_button],
+    ));
 
     let mut table = Sdt::new(*b"DSDT", 36, 6, OEM_ID, OEM_TABLE_ID, OEM_REVISION);
     table.append_slice(&system_bus);

@@ -40,6 +40,9 @@ pub const MMIO_HOLE_START: u64 = 0xc000_0000;
 pub const RAM_ABOVE_4G: u64 = 0x1_0000_0000;
 /// Window for virtio-mmio devices and the framebuffer.
 pub const DEVICE_WINDOW_START: u64 = 0xd000_0000;
+/// The ACPI Generic Event Device's register (power button) and its IRQ.
+pub const GED_ADDR: u64 = 0xfeb0_0000;
+pub const GED_IRQ: u32 = 5;
 pub const IOAPIC_ADDR: u64 = 0xfec0_0000;
 pub const LAPIC_ADDR: u64 = 0xfee0_0000;
 

@@ -13,6 +13,7 @@ pub mod cpu;
 pub mod host;
 pub mod layout;
 pub mod memory;
+pub mod termination;
 pub mod vcpu;
 
 use std::sync::mpsc::{self, Receiver};
@@ -28,6 +29,7 @@ use vmm_sys_util::eventfd::EventFd;
 use crate::control::rundir::{RunDir, SERIAL_SOCKET};
 use crate::control::serial::{HubWriter, SerialHub, SerialServer};
 use crate::devices::bus::Bus;
+use crate::devices::ged::{GenericEventDevice, GED_REGISTER_SIZE};
 use crate::devices::legacy::{acpi_pm::AcpiPlatform, i8042::I8042, serial::SerialPort};
 use crate::devices::VmRequest;
 use crate::spec::VmConfig;
@@ -88,6 +90,8 @@ pub struct LaunchOptions {
 pub enum Outcome {
     /// The guest powered off.
     Poweroff,
+    /// The guest was stopped after this signal because it did not power off.
+    ForcedStop(u32),
 }
 
 /// Devices that live as long as the process, across guest resets.
@@ -96,6 +100,8 @@ struct Platform {
     mmio: Bus,
     serial: Arc<Mutex<SerialPort>>,
     serial_interrupt: EventFd,
+    ged: Arc<Mutex<GenericEventDevice>>,
+    ged_interrupt: EventFd,
 }
 
 fn build_platform(
@@ -129,16 +135,29 @@ fn build_platform(
         3,
         Arc::new(Mutex::new(acpi_platform)),
     )?;
+    let ged_interrupt =
+        EventFd::new(libc::EFD_NONBLOCK).map_err(io_error("create the GED interrupt"))?;
+    let ged_trigger = ged_interrupt
+        .try_clone()
+        .map_err(io_error("create the GED interrupt"))?;
+    let ged = Arc::new(Mutex::new(GenericEventDevice::new(ged_trigger)));
+    let mut mmio = Bus::default();
+    mmio.insert(layout::GED_ADDR, GED_REGISTER_SIZE, ged.clone())?;
     Ok(Platform {
         pio,
-        mmio: Bus::default(),
+        mmio,
         serial,
         serial_interrupt,
+        ged,
+        ged_interrupt,
     })
 }
 
 /// Boots `config` and runs it until the guest powers off or fails.
 pub fn run(config: &VmConfig, options: &LaunchOptions) -> Result<Outcome, VmmError> {
+    // Before any thread starts, so that every thread inherits the mask.
+    let termination_signals = crate::signals::SignalFd::take(&termination::TERMINATION_SIGNALS)
+        .map_err(io_error("take SIGTERM and SIGINT"))?;
     let kvm = host::open_kvm()?;
     host::warn_if_pvm();
     host::check_memory(
@@ -158,6 +177,13 @@ pub fn run(config: &VmConfig, options: &LaunchOptions) -> Result<Outcome, VmmErr
         SerialServer::new(hub, platform.serial.clone(), serial_listener)
             .map_err(io_error("serve the serial console"))?,
     )?;
+    let watcher = termination::TerminationWatcher::start(
+        termination_signals,
+        platform.ged.clone(),
+        request_sender.clone(),
+        config.termination_grace_period_seconds,
+    )
+    .map_err(io_error("start the signals thread"))?;
     let _terminal = console::TerminalMode::character_mode();
     let input = console::ConsoleInput::start(platform.serial.clone())
         .map_err(io_error("start the serial input thread"))?;
@@ -170,6 +196,7 @@ pub fn run(config: &VmConfig, options: &LaunchOptions) -> Result<Outcome, VmmErr
         &requests,
     );
     input.stop();
+    watcher.stop();
     control.stop();
     run_dir.remove_socket(SERIAL_SOCKET);
     outcome
@@ -250,6 +277,7 @@ fn run_boots(
                 );
                 memory::clear(guest_memory)?;
             }
+            VmRequest::ForcedStop(signal) => return Ok(Outcome::ForcedStop(signal)),
             VmRequest::Fatal(message) => return Err(VmmError::Fatal(message)),
         }
     }
@@ -282,6 +310,8 @@ fn start(
     vm.create_pit2(pit).map_err(kvm_error("create the PIT"))?;
     vm.register_irqfd(&platform.serial_interrupt, layout::COM1_IRQ)
         .map_err(kvm_error("wire the serial interrupt"))?;
+    vm.register_irqfd(&platform.ged_interrupt, layout::GED_IRQ)
+        .map_err(kvm_error("wire the power button interrupt"))?;
 
     let apic_ids = cpu::apic_ids(&config.cpu);
     let tables = acpi::build(&acpi::AcpiFacts {

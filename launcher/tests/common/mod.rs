@@ -57,6 +57,20 @@ impl Scratch {
         memory: &str,
         kernel_args: &str,
     ) -> PathBuf {
+        self.definition_with(name, kernel, cores, memory, kernel_args, "")
+    }
+
+    /// Like `definition`, with `extra` added to the instance spec
+    /// (indented two spaces, such as `  terminationGracePeriodSeconds: 3\n`).
+    pub fn definition_with(
+        &self,
+        name: &str,
+        kernel: &Path,
+        cores: u32,
+        memory: &str,
+        kernel_args: &str,
+        extra: &str,
+    ) -> PathBuf {
         let text = format!(
             "apiVersion: kubevirt.io/v1
 kind: VirtualMachineInstance
@@ -70,7 +84,7 @@ spec:
         kernelArgs: {kernel_args:?}
         container: {{kernelPath: {kernel}}}
     devices: {{autoattachPodInterface: false, autoattachGraphicsDevice: false}}
-",
+{extra}",
             kernel = kernel.display()
         );
         let path = self.0.join(format!("{name}.yaml"));
@@ -157,6 +171,12 @@ impl Running {
 
     pub fn pid(&self) -> u32 {
         self.child.id()
+    }
+
+    /// Sends `signal` to vmpod, as the kubelet does on pod deletion.
+    pub fn signal(&self, signal: i32) {
+        // SAFETY: kill has no memory effects; the pid is our child's.
+        unsafe { libc::kill(self.child.id() as i32, signal) };
     }
 
     /// Waits until stdout shows `text` `count` times; panics (after killing
