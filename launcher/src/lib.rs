@@ -7,6 +7,7 @@
 pub mod control;
 pub mod devices;
 pub mod helpers;
+pub mod lifecycle;
 pub mod logging;
 pub mod signals;
 pub mod spec;

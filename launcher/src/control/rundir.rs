@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 
 pub const DEFAULT_RUN_DIR: &str = "/vm/run";
 pub const SERIAL_SOCKET: &str = "serial.sock";
+pub const QMP_SOCKET: &str = "qmp.sock";
 
 #[derive(Debug, thiserror::Error)]
 pub enum RunDirError {

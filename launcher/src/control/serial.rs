@@ -153,26 +153,28 @@ impl Write for HubWriter {
     }
 }
 
-/// Serves the serial socket on the control thread until `stop` is signalled.
+/// Serves the serial socket; driven by the control loop.
 pub struct SerialServer {
     hub: Arc<SerialHub>,
     serial: Arc<Mutex<SerialPort>>,
     listener: UnixListener,
-    epoll: Epoll,
+    epoll: Arc<Epoll>,
 }
 
+/// Epoll tokens of the serial server: below [`TOKEN_LIMIT`].
 const LISTENER: u64 = 0;
 const WAKE: u64 = 1;
-const STOP: u64 = 2;
 const FIRST_CLIENT: u64 = 3;
+pub const TOKEN_LIMIT: u64 = 1 << 32;
 
 impl SerialServer {
+    /// Registers the serial socket and the hub's wake-up with `epoll`.
     pub fn new(
         hub: Arc<SerialHub>,
         serial: Arc<Mutex<SerialPort>>,
         listener: UnixListener,
+        epoll: Arc<Epoll>,
     ) -> std::io::Result<Self> {
-        let epoll = Epoll::new()?;
         let readable = |data| EpollEvent::new(EventSet::IN, data);
         epoll.ctl(
             ControlOperation::Add,
@@ -188,36 +190,28 @@ impl SerialServer {
         })
     }
 
-    /// Runs until `stop` becomes readable.
-    pub fn run(&mut self, stop: &EventFd) -> std::io::Result<()> {
-        self.epoll.ctl(
-            ControlOperation::Add,
-            stop.as_raw_fd(),
-            EpollEvent::new(EventSet::IN, STOP),
-        )?;
-        let mut events = vec![EpollEvent::default(); 32];
-        loop {
-            let retry_input = self.hub.state().clients.iter().any(|c| !c.typed.is_empty());
-            let timeout = if retry_input { 10 } else { -1 };
-            let count = match self.epoll.wait(timeout, &mut events) {
-                Ok(count) => count,
-                Err(error) if error.kind() == ErrorKind::Interrupted => continue,
-                Err(error) => return Err(error),
-            };
-            for event in &events[..count] {
-                match event.data() {
-                    STOP => return Ok(()),
-                    LISTENER => self.accept_all(),
-                    WAKE => {
-                        let _ = self.hub.wake.read();
-                        self.hub.wake_pending.store(false, Ordering::Release);
-                    }
-                    id => self.read_client(id - FIRST_CLIENT + 1, event.event_set()),
-                }
+    /// Whether typed input waits for room in the guest's queue (then the
+    /// loop should come back soon even without events).
+    pub fn has_waiting_input(&self) -> bool {
+        self.hub.state().clients.iter().any(|c| !c.typed.is_empty())
+    }
+
+    /// Handles one epoll event with a serial token.
+    pub fn handle(&mut self, token: u64, events: EventSet) {
+        match token {
+            LISTENER => self.accept_all(),
+            WAKE => {
+                let _ = self.hub.wake.read();
+                self.hub.wake_pending.store(false, Ordering::Release);
             }
-            self.pass_typed_input();
-            self.flush_clients();
+            id => self.read_client(id - FIRST_CLIENT + 1, events),
         }
+    }
+
+    /// After every round of events: pass typed input on, send output.
+    pub fn after_events(&mut self) {
+        self.pass_typed_input();
+        self.flush_clients();
     }
 
     fn accept_all(&mut self) {

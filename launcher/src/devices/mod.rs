@@ -16,6 +16,12 @@ pub enum VmRequest {
     Reset(&'static str),
     /// Stop the VM now, after this signal (the guest did not power off in time).
     ForcedStop(u32),
+    /// Control commands (QMP, HMP): pause and resume the vCPUs, press the
+    /// power button, or stop the VM and exit 0.
+    Pause,
+    Resume,
+    Powerdown,
+    Quit,
     /// Something went wrong that stops the VM.
     Fatal(String),
 }

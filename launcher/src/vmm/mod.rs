@@ -26,13 +26,17 @@ use kvm_ioctls::{Kvm, VmFd};
 use vm_memory::{GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion, MemoryRegionAddress};
 use vmm_sys_util::eventfd::EventFd;
 
-use crate::control::rundir::{RunDir, SERIAL_SOCKET};
+use crate::control::rundir::{RunDir, QMP_SOCKET, SERIAL_SOCKET};
 use crate::control::serial::{HubWriter, SerialHub, SerialServer};
+use crate::control::{ControlLoop, VmControl};
 use crate::devices::bus::Bus;
 use crate::devices::ged::{GenericEventDevice, GED_REGISTER_SIZE};
 use crate::devices::legacy::{acpi_pm::AcpiPlatform, i8042::I8042, serial::SerialPort};
 use crate::devices::VmRequest;
+use crate::lifecycle;
+use crate::lifecycle::{Event, EventSender, SharedStatus, Status};
 use crate::spec::VmConfig;
+use vmm_sys_util::epoll::Epoll;
 
 #[derive(Debug, thiserror::Error)]
 pub enum VmmError {
@@ -160,6 +164,7 @@ pub fn run(config: &VmConfig, options: &LaunchOptions) -> Result<Outcome, VmmErr
         .map_err(io_error("take SIGTERM and SIGINT"))?;
     let kvm = host::open_kvm()?;
     host::warn_if_pvm();
+    warn_about_unbuilt_devices(config);
     host::check_memory(
         config.memory_bytes,
         host::container_memory_limit(),
@@ -168,18 +173,40 @@ pub fn run(config: &VmConfig, options: &LaunchOptions) -> Result<Outcome, VmmErr
     vcpu::install_kick_handler().map_err(io_error("install the vCPU kick signal handler"))?;
     let run_dir = RunDir::create(&options.run_dir)?;
     let serial_listener = run_dir.listen(SERIAL_SOCKET)?;
+    let qmp_listener = run_dir.listen(QMP_SOCKET)?;
     let guest_memory = memory::create(config.memory_bytes)?;
     let (request_sender, requests) = mpsc::channel();
     let hub = SerialHub::new(options.serial_scrollback, options.serial_client_backlog)
         .map_err(io_error("create the serial console hub"))?;
     let platform = build_platform(&request_sender, &hub)?;
-    let control = ControlThread::start(
-        SerialServer::new(hub, platform.serial.clone(), serial_listener)
-            .map_err(io_error("serve the serial console"))?,
-    )?;
+    let (events, event_receiver) =
+        lifecycle::event_channel().map_err(io_error("create the event channel"))?;
+    let lifecycle = Lifecycle {
+        status: SharedStatus::default(),
+        events,
+    };
+    let vm_control = VmControl {
+        name: config.identity.name.clone(),
+        uuid: config.identity.uuid.to_string(),
+        topology: config.cpu,
+        status: lifecycle.status.clone(),
+        requests: request_sender.clone(),
+    };
+    let epoll = Arc::new(Epoll::new().map_err(io_error("create the control event loop"))?);
+    let serial_server =
+        SerialServer::new(hub, platform.serial.clone(), serial_listener, epoll.clone())
+            .map_err(io_error("serve the serial console"))?;
+    let control_loop = ControlLoop::new(
+        epoll,
+        serial_server,
+        qmp_listener,
+        event_receiver,
+        vm_control,
+    )
+    .map_err(io_error("serve QMP"))?;
+    let control = ControlThread::start(control_loop)?;
     let watcher = termination::TerminationWatcher::start(
         termination_signals,
-        platform.ged.clone(),
         request_sender.clone(),
         config.termination_grace_period_seconds,
     )
@@ -194,12 +221,41 @@ pub fn run(config: &VmConfig, options: &LaunchOptions) -> Result<Outcome, VmmErr
         &platform,
         &request_sender,
         &requests,
+        &lifecycle,
     );
     input.stop();
     watcher.stop();
     control.stop();
     run_dir.remove_socket(SERIAL_SOCKET);
+    run_dir.remove_socket(QMP_SOCKET);
     outcome
+}
+
+/// Says which parts of the definition this vmpod cannot give the guest yet
+/// (rather than dropping them silently).
+fn warn_about_unbuilt_devices(config: &VmConfig) {
+    let mut missing = Vec::new();
+    if !config.disks.is_empty() {
+        missing.push(format!("{} disk(s)", config.disks.len()));
+    }
+    if !config.nics.is_empty() {
+        missing.push(format!("{} NIC(s)", config.nics.len()));
+    }
+    if config.rng {
+        missing.push("the rng device".into());
+    }
+    if !config.inputs.is_empty() {
+        missing.push("input devices".into());
+    }
+    if config.graphics {
+        missing.push("the graphics device".into());
+    }
+    if !missing.is_empty() {
+        log::warn!(
+            "this vmpod does not build virtio devices or a display yet: the guest will not see {}",
+            missing.join(", ")
+        );
+    }
 }
 
 /// The `control` thread serving the sockets, stopped through an eventfd.
@@ -209,7 +265,7 @@ struct ControlThread {
 }
 
 impl ControlThread {
-    fn start(mut serial: SerialServer) -> Result<Self, VmmError> {
+    fn start(mut control: ControlLoop) -> Result<Self, VmmError> {
         let stop =
             EventFd::new(libc::EFD_NONBLOCK).map_err(io_error("create the control stop event"))?;
         let thread_stop = stop
@@ -218,8 +274,8 @@ impl ControlThread {
         let thread = std::thread::Builder::new()
             .name("control".into())
             .spawn(move || {
-                if let Err(error) = serial.run(&thread_stop) {
-                    log::error!("the serial console server stopped: {error}");
+                if let Err(error) = control.run(&thread_stop) {
+                    log::error!("the control loop stopped: {error}");
                 }
             })
             .map_err(io_error("start the control thread"))?;
@@ -234,6 +290,12 @@ impl ControlThread {
     }
 }
 
+/// What the control plane sees of the VM: its status and its events.
+pub struct Lifecycle {
+    pub status: SharedStatus,
+    pub events: EventSender,
+}
+
 fn run_boots(
     kvm: &Kvm,
     config: &VmConfig,
@@ -241,6 +303,7 @@ fn run_boots(
     platform: &Platform,
     request_sender: &mpsc::Sender<VmRequest>,
     requests: &Receiver<VmRequest>,
+    lifecycle: &Lifecycle,
 ) -> Result<Outcome, VmmError> {
     for boot_number in 1u64.. {
         let shared = Arc::new(vcpu::VcpuShared::new(
@@ -256,32 +319,85 @@ fn run_boots(
             shared,
             boot_number == 1,
         )?;
-        // We hold a sender ourselves, so this only returns with a request.
-        let request = requests
-            .recv()
-            .unwrap_or(VmRequest::Fatal("request channel closed".into()));
-        log::debug!("{request:?}: stopping the vCPUs");
+        lifecycle.status.set(Status::Running);
+        let ending = serve_boot(&threads, platform, requests, lifecycle);
+        log::debug!("{ending:?}: stopping the vCPUs");
         threads.stop();
-        log::debug!("vCPUs stopped");
         drop(vm);
         while requests.try_recv().is_ok() {} // other vCPUs may have said the same
-        match request {
+        match ending {
             VmRequest::Poweroff => {
                 log::info!("the guest powered off");
-                return Ok(Outcome::Poweroff);
+                return finish(lifecycle, Outcome::Poweroff);
             }
+            VmRequest::Quit => {
+                log::info!("stopped by a quit command");
+                return finish(lifecycle, Outcome::Poweroff);
+            }
+            VmRequest::ForcedStop(signal) => return finish(lifecycle, Outcome::ForcedStop(signal)),
             VmRequest::Reset(reason) => {
                 log::info!(
                     "the guest reset ({reason}): booting it again in this process (boot {})",
                     boot_number + 1
                 );
+                lifecycle.events.send(Event::Reset);
                 memory::clear(guest_memory)?;
             }
-            VmRequest::ForcedStop(signal) => return Ok(Outcome::ForcedStop(signal)),
-            VmRequest::Fatal(message) => return Err(VmmError::Fatal(message)),
+            VmRequest::Fatal(message) => {
+                lifecycle.status.set(Status::Shutdown);
+                return Err(VmmError::Fatal(message));
+            }
+            other => {
+                return Err(VmmError::Fatal(format!(
+                    "unexpected end of a boot: {other:?}"
+                )))
+            }
         }
     }
     unreachable!("boot numbers do not run out")
+}
+
+fn finish(lifecycle: &Lifecycle, outcome: Outcome) -> Result<Outcome, VmmError> {
+    lifecycle.status.set(Status::Shutdown);
+    lifecycle.events.send(Event::Shutdown);
+    Ok(outcome)
+}
+
+/// Serves requests during one boot; returns the one that ends it.
+fn serve_boot(
+    threads: &vcpu::VcpuThreads,
+    platform: &Platform,
+    requests: &Receiver<VmRequest>,
+    lifecycle: &Lifecycle,
+) -> VmRequest {
+    loop {
+        // We hold a sender ourselves, so this only returns with a request.
+        let request = match requests.recv() {
+            Ok(request) => request,
+            Err(_) => return VmRequest::Fatal("request channel closed".into()),
+        };
+        match request {
+            VmRequest::Pause if lifecycle.status.get() == Status::Running => {
+                threads.pause();
+                lifecycle.status.set(Status::Paused);
+                lifecycle.events.send(Event::Stop);
+            }
+            VmRequest::Resume if lifecycle.status.get() == Status::Paused => {
+                threads.resume();
+                lifecycle.status.set(Status::Running);
+                lifecycle.events.send(Event::Resume);
+            }
+            VmRequest::Pause | VmRequest::Resume => {} // already so
+            VmRequest::Powerdown => {
+                let mut ged = platform.ged.lock().unwrap_or_else(|p| p.into_inner());
+                if let Err(error) = ged.press_power_button() {
+                    log::error!("could not press the power button: {error}");
+                }
+                lifecycle.events.send(Event::Powerdown);
+            }
+            ending => return ending,
+        }
+    }
 }
 
 /// Builds the KVM VM for one boot and starts its vCPUs.

@@ -3,16 +3,13 @@
 //! (less a margin, so vmpod still exits cleanly before the kubelet kills
 //! it) to power off. A second signal, or the end of that time, stops the VM.
 //!
-//! Runs on the `signals` thread; reaches the VM through the GED device and
-//! the request channel.
+//! Runs on the `signals` thread; reaches the VM through the request channel.
 
-use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use vmm_sys_util::eventfd::EventFd;
 
-use crate::devices::ged::GenericEventDevice;
 use crate::devices::{RequestSender, VmRequest};
 use crate::signals::SignalFd;
 
@@ -42,7 +39,6 @@ pub struct TerminationWatcher {
 impl TerminationWatcher {
     pub fn start(
         signals: SignalFd,
-        ged: Arc<Mutex<GenericEventDevice>>,
         requests: RequestSender,
         grace_seconds: u64,
     ) -> std::io::Result<Self> {
@@ -54,7 +50,6 @@ impl TerminationWatcher {
                 watch(
                     &signals,
                     &thread_stop,
-                    &ged,
                     &requests,
                     guest_deadline(grace_seconds),
                 )
@@ -70,13 +65,7 @@ impl TerminationWatcher {
     }
 }
 
-fn watch(
-    signals: &SignalFd,
-    stop: &EventFd,
-    ged: &Mutex<GenericEventDevice>,
-    requests: &RequestSender,
-    allowed: Duration,
-) {
+fn watch(signals: &SignalFd, stop: &EventFd, requests: &RequestSender, allowed: Duration) {
     let mut first: Option<(u32, Instant)> = None;
     loop {
         let timeout = first.map_or(-1, |(_, pressed)| {
@@ -122,13 +111,7 @@ fn watch(
                     signal_name(signal),
                     allowed.as_secs()
                 );
-                let pressed = ged
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .press_power_button();
-                if let Err(error) = pressed {
-                    log::error!("could not press the power button: {error}");
-                }
+                let _ = requests.send(VmRequest::Powerdown);
                 first = Some((signal, Instant::now()));
             }
             Some((first_signal, _)) => {

@@ -8,7 +8,7 @@
 
 use std::cell::Cell;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 
 use kvm_bindings::kvm_run;
@@ -25,6 +25,16 @@ pub struct VcpuShared {
     pub requests: RequestSender,
     stop: AtomicBool,
     unhandled_accesses: AtomicU64,
+    pause: Mutex<PauseState>,
+    pause_changed: Condvar,
+}
+
+/// Whether vCPUs should park, and how many are parked or gone.
+#[derive(Default)]
+struct PauseState {
+    paused: bool,
+    parked: usize,
+    ended: usize,
 }
 
 impl VcpuShared {
@@ -35,7 +45,35 @@ impl VcpuShared {
             requests,
             stop: AtomicBool::new(false),
             unhandled_accesses: AtomicU64::new(0),
+            pause: Mutex::new(PauseState::default()),
+            pause_changed: Condvar::new(),
         }
+    }
+
+    fn pause_state(&self) -> std::sync::MutexGuard<'_, PauseState> {
+        self.pause
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Parks the calling vCPU while the VM is paused (and not stopping).
+    fn park_while_paused(&self, vcpu: &VcpuFd) {
+        let mut state = self.pause_state();
+        if !state.paused {
+            return;
+        }
+        // Tells a kvmclock guest it was paused, not hung (its watchdogs
+        // stay quiet); guests without kvmclock make this fail, harmlessly.
+        let _ = vcpu.kvmclock_ctrl();
+        state.parked += 1;
+        self.pause_changed.notify_all();
+        while state.paused && !self.stop.load(Ordering::SeqCst) {
+            state = self
+                .pause_changed
+                .wait(state)
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+        }
+        state.parked -= 1;
     }
 
     /// Logs the first few accesses nobody answers, then every power of two.
@@ -99,9 +137,36 @@ pub fn spawn(vcpus: Vec<VcpuFd>, shared: Arc<VcpuShared>) -> std::io::Result<Vcp
 }
 
 impl VcpuThreads {
+    fn kick_all(&self) {
+        for thread in &self.threads {
+            // A thread that already ended cannot be signalled; that is fine.
+            let _ = thread.kill(kick_signal());
+        }
+    }
+
+    /// Stops the guest's vCPUs outside KVM_RUN; returns once all are parked.
+    pub fn pause(&self) {
+        self.shared.pause_state().paused = true;
+        self.kick_all();
+        let mut state = self.shared.pause_state();
+        while state.parked + state.ended < self.threads.len() {
+            state = self
+                .shared
+                .pause_changed
+                .wait(state)
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+        }
+    }
+
+    pub fn resume(&self) {
+        self.shared.pause_state().paused = false;
+        self.shared.pause_changed.notify_all();
+    }
+
     /// Kicks every vCPU out of KVM_RUN and joins its thread.
     pub fn stop(self) {
         self.shared.stop.store(true, Ordering::SeqCst);
+        self.shared.pause_changed.notify_all();
         for thread in &self.threads {
             // A thread that already ended cannot be signalled; that is fine.
             let _ = thread.kill(kick_signal());
@@ -117,6 +182,10 @@ impl VcpuThreads {
 fn run(mut vcpu: VcpuFd, index: usize, shared: &VcpuShared) {
     KVM_RUN.with(|cell| cell.set(vcpu.get_kvm_run() as *mut kvm_run));
     while !shared.stop.load(Ordering::SeqCst) {
+        shared.park_while_paused(&vcpu);
+        if shared.stop.load(Ordering::SeqCst) {
+            break;
+        }
         let request = match vcpu.run() {
             Ok(VcpuExit::InternalError) => Some(internal_error(&mut vcpu, index)),
             Ok(exit) => handle_exit(exit, index, shared),
@@ -135,6 +204,8 @@ fn run(mut vcpu: VcpuFd, index: usize, shared: &VcpuShared) {
         }
     }
     KVM_RUN.with(|cell| cell.set(std::ptr::null_mut()));
+    shared.pause_state().ended += 1;
+    shared.pause_changed.notify_all();
 }
 
 /// Describes a KVM internal error with what KVM and the registers say.
