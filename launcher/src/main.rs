@@ -11,6 +11,8 @@ use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
+use vmpod::control::rundir::{MONITOR_SOCKET, QMP_SOCKET};
+
 const AFTER_HELP: &str = "\
 In a pod, the image's entrypoint runs `vmpod launch`. Reach the VM with:
   kubectl exec -it POD -- /vm/serial      serial console (Ctrl-] detaches)
@@ -87,13 +89,22 @@ enum Command {
         escape: vmpod::helpers::terminal::EscapeKey,
     },
     /// Open the VM's human monitor (also as /vm/monitor)
-    Monitor,
+    Monitor {
+        #[arg(long, env = "VMPOD_RUN_DIR", default_value = vmpod::control::rundir::DEFAULT_RUN_DIR, value_name = "DIR")]
+        run_dir: PathBuf,
+    },
     /// Relay the VM's QMP socket to stdio (also as /vm/qmp)
-    Qmp,
+    Qmp {
+        #[arg(long, env = "VMPOD_RUN_DIR", default_value = vmpod::control::rundir::DEFAULT_RUN_DIR, value_name = "DIR")]
+        run_dir: PathBuf,
+    },
     /// Relay the VM's VNC socket to stdio (also as /vm/vnc)
     Vnc,
     /// Exit 0 once the VM is ready, for an exec readinessProbe (also as /vm/ready)
-    Ready,
+    Ready {
+        #[arg(long, env = "VMPOD_RUN_DIR", default_value = vmpod::control::rundir::DEFAULT_RUN_DIR, value_name = "DIR")]
+        run_dir: PathBuf,
+    },
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -128,6 +139,16 @@ pub fn report(error: &dyn std::error::Error) {
     }
 }
 
+fn relay_result<T>(result: Result<T, vmpod::helpers::serial::SerialError>) -> ExitCode {
+    match result {
+        Ok(_) => ExitCode::SUCCESS,
+        Err(error) => {
+            report(&error);
+            ExitCode::FAILURE
+        }
+    }
+}
+
 fn main() -> ExitCode {
     vmpod::logging::init();
     let cli = Cli::parse_from(arguments_with_role(std::env::args_os().collect()));
@@ -151,15 +172,26 @@ fn main() -> ExitCode {
             definitions::render(&file, name.as_deref(), output)
         }
         Command::Serial { run_dir, escape } => {
-            match vmpod::helpers::serial::attach(&run_dir, escape.0) {
-                Ok(_) => ExitCode::SUCCESS,
-                Err(error) => {
-                    report(&error);
-                    ExitCode::FAILURE
-                }
-            }
+            relay_result(vmpod::helpers::serial::attach(&run_dir, escape.0))
         }
-        Command::Monitor | Command::Qmp | Command::Vnc | Command::Ready => {
+        Command::Monitor { run_dir } => relay_result(vmpod::helpers::serial::relay_plain(
+            &run_dir,
+            MONITOR_SOCKET,
+        )),
+        Command::Qmp { run_dir } => {
+            relay_result(vmpod::helpers::serial::relay_plain(&run_dir, QMP_SOCKET))
+        }
+        Command::Ready { run_dir } => match vmpod::helpers::ready::check(&run_dir) {
+            Ok(answer) => {
+                println!("{answer}");
+                ExitCode::SUCCESS
+            }
+            Err(reason) => {
+                eprintln!("{reason}");
+                ExitCode::FAILURE
+            }
+        },
+        Command::Vnc => {
             eprintln!("vmpod: error: this client role is not yet available in this build of vmpod");
             ExitCode::FAILURE
         }

@@ -181,7 +181,7 @@ fn the_helper_says_when_no_vm_is_there() {
     assert_eq!(output.status.code(), Some(1));
     let error = String::from_utf8_lossy(&output.stderr);
     assert!(
-        error.contains("cannot reach the serial console at /nonexistent/run/serial.sock"),
+        error.contains("cannot reach /nonexistent/run/serial.sock: is vmpod running"),
         "{error}"
     );
 }

@@ -4,6 +4,8 @@
 //! through requests and the shared lifecycle status and events.
 
 pub mod hmp;
+pub mod monitor;
+pub mod outbox;
 pub mod qmp;
 pub mod rundir;
 pub mod serial;
@@ -92,33 +94,83 @@ impl VmControl {
 const QMP_LISTENER: u64 = serial::TOKEN_LIMIT;
 const EVENTS: u64 = serial::TOKEN_LIMIT + 1;
 const STOP: u64 = serial::TOKEN_LIMIT + 2;
-const FIRST_QMP_CLIENT: u64 = 2 * serial::TOKEN_LIMIT;
-/// At most this many QMP clients at once.
-pub const MAX_QMP_CLIENTS: usize = 16;
+const MONITOR_LISTENER: u64 = serial::TOKEN_LIMIT + 3;
+const READY_LISTENER: u64 = serial::TOKEN_LIMIT + 4;
+const FIRST_CLIENT: u64 = 2 * serial::TOKEN_LIMIT;
+/// At most this many QMP and monitor clients at once.
+pub const MAX_CLIENTS: usize = 16;
+
+/// The control sockets beside the serial one.
+pub struct Listeners {
+    pub qmp: UnixListener,
+    pub monitor: UnixListener,
+    pub ready: UnixListener,
+}
+
+/// A QMP or monitor connection.
+enum Client {
+    Qmp(qmp::QmpClient),
+    Monitor(monitor::MonitorClient),
+}
+
+impl Client {
+    fn outbox(&mut self) -> &mut outbox::Outbox {
+        match self {
+            Client::Qmp(client) => &mut client.outbox,
+            Client::Monitor(client) => &mut client.outbox,
+        }
+    }
+
+    fn on_readable(&mut self, vm: &VmControl) -> bool {
+        match self {
+            Client::Qmp(client) => client.on_readable(vm),
+            Client::Monitor(client) => client.on_readable(vm),
+        }
+    }
+}
 
 pub struct ControlLoop {
     epoll: Arc<Epoll>,
     serial: serial::SerialServer,
-    qmp_listener: UnixListener,
-    qmp_clients: Vec<(u64, qmp::QmpClient)>,
-    next_qmp_client: u64,
+    listeners: Listeners,
+    clients: Vec<(u64, Client)>,
+    next_client: u64,
     events: EventReceiver,
     vm: VmControl,
+    ready: Readiness,
+}
+
+/// What `/vm/ready` waits for.
+pub struct Readiness {
+    /// Set once the serial pattern appeared (or from the start without one).
+    pub pattern_seen: Arc<std::sync::atomic::AtomicBool>,
+    pub pattern: Option<String>,
 }
 
 impl ControlLoop {
     pub fn new(
         epoll: Arc<Epoll>,
         serial: serial::SerialServer,
-        qmp_listener: UnixListener,
+        listeners: Listeners,
         events: EventReceiver,
         vm: VmControl,
+        ready: Readiness,
     ) -> std::io::Result<Self> {
         let readable = |data| EpollEvent::new(EventSet::IN, data);
         epoll.ctl(
             ControlOperation::Add,
-            qmp_listener.as_raw_fd(),
+            listeners.qmp.as_raw_fd(),
             readable(QMP_LISTENER),
+        )?;
+        epoll.ctl(
+            ControlOperation::Add,
+            listeners.monitor.as_raw_fd(),
+            readable(MONITOR_LISTENER),
+        )?;
+        epoll.ctl(
+            ControlOperation::Add,
+            listeners.ready.as_raw_fd(),
+            readable(READY_LISTENER),
         )?;
         epoll.ctl(
             ControlOperation::Add,
@@ -128,11 +180,12 @@ impl ControlLoop {
         Ok(ControlLoop {
             epoll,
             serial,
-            qmp_listener,
-            qmp_clients: Vec::new(),
-            next_qmp_client: 0,
+            listeners,
+            clients: Vec::new(),
+            next_client: 0,
             events,
             vm,
+            ready,
         })
     }
 
@@ -158,84 +211,117 @@ impl ControlLoop {
             for event in &events[..count] {
                 match event.data() {
                     STOP => return Ok(()),
-                    QMP_LISTENER => self.accept_qmp(),
+                    QMP_LISTENER => self.accept(false),
+                    MONITOR_LISTENER => self.accept(true),
+                    READY_LISTENER => self.answer_readiness(),
                     EVENTS => self.broadcast_events(),
-                    token if token >= FIRST_QMP_CLIENT => self.serve_qmp(token),
+                    token if token >= FIRST_CLIENT => self.serve(token),
                     token => self.serial.handle(token, event.event_set()),
                 }
             }
             self.serial.after_events();
-            self.flush_qmp();
+            self.flush_clients();
         }
     }
 
-    fn accept_qmp(&mut self) {
+    fn accept(&mut self, monitor: bool) {
+        let listener = if monitor {
+            &self.listeners.monitor
+        } else {
+            &self.listeners.qmp
+        };
         loop {
-            match self.qmp_listener.accept() {
+            match listener.accept() {
                 Ok((stream, _)) => {
-                    if self.qmp_clients.len() >= MAX_QMP_CLIENTS {
-                        log::warn!("refused a QMP client: {MAX_QMP_CLIENTS} are connected already");
+                    if self.clients.len() >= MAX_CLIENTS {
+                        log::warn!("refused a control client: {MAX_CLIENTS} are connected already");
                         continue;
                     }
                     if stream.set_nonblocking(true).is_err() {
                         continue;
                     }
-                    let token = FIRST_QMP_CLIENT + self.next_qmp_client;
-                    self.next_qmp_client += 1;
+                    let token = FIRST_CLIENT + self.next_client;
+                    self.next_client += 1;
                     let event = EpollEvent::new(EventSet::IN | EventSet::READ_HANG_UP, token);
                     if self
                         .epoll
                         .ctl(ControlOperation::Add, stream.as_raw_fd(), event)
                         .is_ok()
                     {
-                        self.qmp_clients
-                            .push((token, qmp::QmpClient::new(stream, &self.vm)));
+                        let client = if monitor {
+                            Client::Monitor(monitor::MonitorClient::new(stream, &self.vm))
+                        } else {
+                            Client::Qmp(qmp::QmpClient::new(stream, &self.vm))
+                        };
+                        self.clients.push((token, client));
                     }
                 }
                 Err(error) if error.kind() == ErrorKind::WouldBlock => return,
                 Err(error) => {
-                    log::warn!("accepting a QMP client failed: {error}");
+                    log::warn!("accepting a control client failed: {error}");
                     return;
                 }
             }
         }
     }
 
-    fn serve_qmp(&mut self, token: u64) {
-        let Some(index) = self.qmp_clients.iter().position(|(t, _)| *t == token) else {
+    fn serve(&mut self, token: u64) {
+        let Some(index) = self.clients.iter().position(|(t, _)| *t == token) else {
             return;
         };
-        if !self.qmp_clients[index].1.on_readable(&self.vm) {
+        if !self.clients[index].1.on_readable(&self.vm) {
             // Answers to its last commands still go out, as far as they can.
-            let (_, mut client) = self.qmp_clients.remove(index);
-            client.flush();
-            let _ = self.epoll.ctl(
-                ControlOperation::Delete,
-                client.stream.as_raw_fd(),
-                EpollEvent::default(),
-            );
+            let (_, mut client) = self.clients.remove(index);
+            client.outbox().flush();
+            let fd = client.outbox().stream.as_raw_fd();
+            let _ = self
+                .epoll
+                .ctl(ControlOperation::Delete, fd, EpollEvent::default());
+        }
+    }
+
+    /// `/vm/ready`: one line, then the connection closes.
+    fn answer_readiness(&mut self) {
+        while let Ok((mut stream, _)) = self.listeners.ready.accept() {
+            let answer = match (self.vm.status.get(), &self.ready.pattern) {
+                (Status::Running, _)
+                    if self
+                        .ready
+                        .pattern_seen
+                        .load(std::sync::atomic::Ordering::SeqCst) =>
+                {
+                    "ready\n".to_owned()
+                }
+                (Status::Running, Some(pattern)) => {
+                    format!("not ready: {pattern:?} has not appeared on the serial console\n")
+                }
+                (status, _) => format!(
+                    "not ready: the VM is {}\n",
+                    format!("{status:?}").to_lowercase()
+                ),
+            };
+            let _ = std::io::Write::write_all(&mut stream, answer.as_bytes());
         }
     }
 
     fn broadcast_events(&mut self) {
         let _ = self.events.wake.read();
         while let Ok(event) = self.events.receiver.try_recv() {
-            for (_, client) in &mut self.qmp_clients {
-                client.send_event(&event);
+            for (_, client) in &mut self.clients {
+                if let Client::Qmp(client) = client {
+                    client.send_event(&event);
+                }
             }
         }
     }
 
-    fn flush_qmp(&mut self) {
+    fn flush_clients(&mut self) {
         let epoll = &self.epoll;
-        self.qmp_clients.retain_mut(|(_, client)| {
-            let alive = client.flush();
+        self.clients.retain_mut(|(_, client)| {
+            let alive = client.outbox().flush();
             if !alive {
-                let _ = epoll.ctl(
-                    ControlOperation::Delete,
-                    client.stream.as_raw_fd(),
-                    EpollEvent::default(),
-                );
+                let fd = client.outbox().stream.as_raw_fd();
+                let _ = epoll.ctl(ControlOperation::Delete, fd, EpollEvent::default());
             }
             alive
         });

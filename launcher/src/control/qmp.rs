@@ -7,14 +7,13 @@
 //! Runs on the control thread. Reaches the VMM only through requests and
 //! the shared lifecycle status.
 
-use std::collections::VecDeque;
-use std::io::{ErrorKind, Read, Write};
 use std::os::unix::net::UnixStream;
 use std::time::{Duration, Instant, UNIX_EPOCH};
 
 use serde_json::{json, Map, Value};
 
 use super::hmp;
+use super::outbox::{read_available, Outbox};
 use super::VmControl;
 use crate::lifecycle::{Status, Timed};
 
@@ -42,21 +41,19 @@ pub const COMMANDS: &[&str] = &[
 ];
 
 pub struct QmpClient {
-    pub stream: UnixStream,
+    pub outbox: Outbox,
     input: Vec<u8>,
-    /// Skipping an over-long value until the input is empty again.
+    /// Skipping an over-long value until the next line.
     discarding: bool,
-    pub backlog: VecDeque<u8>,
     negotiated: bool,
 }
 
 impl QmpClient {
     pub fn new(stream: UnixStream, vm: &VmControl) -> Self {
         let mut client = QmpClient {
-            stream,
+            outbox: Outbox::new(stream, MAX_BACKLOG),
             input: Vec::new(),
             discarding: false,
-            backlog: VecDeque::new(),
             negotiated: false,
         };
         client.send(&greeting(vm));
@@ -64,24 +61,19 @@ impl QmpClient {
     }
 
     fn send(&mut self, message: &Value) {
-        self.backlog.extend(message.to_string().as_bytes());
-        self.backlog.extend(b"\r\n");
+        self.outbox.queue(message.to_string().as_bytes());
+        self.outbox.queue(b"\r\n");
     }
 
     /// Reads what arrived and answers every complete command; false when
     /// the client is gone or must be dropped.
     pub fn on_readable(&mut self, vm: &VmControl) -> bool {
-        let mut buffer = [0u8; 65536];
-        loop {
-            match self.stream.read(&mut buffer) {
-                Ok(0) => return false,
-                Ok(read) => self.take_input(&buffer[..read], vm),
-                Err(error) if error.kind() == ErrorKind::WouldBlock => break,
-                Err(error) if error.kind() == ErrorKind::Interrupted => continue,
-                Err(_) => return false,
-            }
-        }
-        self.backlog.len() <= MAX_BACKLOG
+        let mut received = Vec::new();
+        let alive = read_available(&mut self.outbox.stream, |bytes| {
+            received.extend_from_slice(bytes)
+        });
+        self.take_input(&received, vm);
+        alive && !self.outbox.overflowing()
     }
 
     fn take_input(&mut self, bytes: &[u8], vm: &VmControl) {
@@ -194,23 +186,6 @@ impl QmpClient {
                 "timestamp": { "seconds": since_epoch.as_secs(), "microseconds": since_epoch.subsec_micros() },
             }));
         }
-    }
-
-    /// Writes what the socket takes; false when the client is gone.
-    pub fn flush(&mut self) -> bool {
-        while !self.backlog.is_empty() {
-            let (front, _) = self.backlog.as_slices();
-            match self.stream.write(front) {
-                Ok(0) => return false,
-                Ok(written) => {
-                    self.backlog.drain(..written);
-                }
-                Err(error) if error.kind() == ErrorKind::WouldBlock => return true,
-                Err(error) if error.kind() == ErrorKind::Interrupted => continue,
-                Err(_) => return false,
-            }
-        }
-        true
     }
 }
 

@@ -8,8 +8,12 @@ use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 
 pub const DEFAULT_RUN_DIR: &str = "/vm/run";
+/// The helpers `launch` links beside the run directory.
+pub const HELPER_ROLES: [&str; 4] = ["serial", "monitor", "qmp", "ready"];
 pub const SERIAL_SOCKET: &str = "serial.sock";
 pub const QMP_SOCKET: &str = "qmp.sock";
+pub const MONITOR_SOCKET: &str = "monitor.sock";
+pub const READY_SOCKET: &str = "ready.sock";
 
 #[derive(Debug, thiserror::Error)]
 pub enum RunDirError {
@@ -80,6 +84,24 @@ impl RunDir {
             .map_err(listen_error)?;
         listener.set_nonblocking(true).map_err(listen_error)?;
         Ok(listener)
+    }
+
+    /// Links the `/vm/*` helpers (serial, monitor, qmp, ready) to this
+    /// binary beside the run directory (`/vm/run` → `/vm/serial`, …), where
+    /// nothing is in the way and the directory allows it; the image may
+    /// have made them already.
+    pub fn link_helpers(&self) {
+        let (Some(links), Ok(binary)) = (self.path.parent(), std::env::current_exe()) else {
+            return;
+        };
+        for role in HELPER_ROLES {
+            let link = links.join(role);
+            if std::fs::symlink_metadata(&link).is_err() {
+                if let Err(error) = std::os::unix::fs::symlink(&binary, &link) {
+                    log::debug!("no helper link {}: {error}", link.display());
+                }
+            }
+        }
     }
 
     /// Removes the sockets vmpod made (on a clean exit).

@@ -54,10 +54,24 @@ pub struct SerialHub {
     state: Mutex<HubState>,
     wake: EventFd,
     wake_pending: AtomicBool,
+    ready: Mutex<ReadyPattern>,
+    ready_seen: Arc<AtomicBool>,
+}
+
+/// The text whose appearance on the console makes the VM ready.
+struct ReadyPattern {
+    pattern: Vec<u8>,
+    /// The last bytes seen, so a pattern split across writes is found.
+    recent: Vec<u8>,
 }
 
 impl SerialHub {
-    pub fn new(scrollback_limit: usize, client_backlog_limit: usize) -> std::io::Result<Arc<Self>> {
+    /// `ready_pattern`: text that must appear before `/vm/ready` says ready.
+    pub fn new(
+        scrollback_limit: usize,
+        client_backlog_limit: usize,
+        ready_pattern: Option<&str>,
+    ) -> std::io::Result<Arc<Self>> {
         Ok(Arc::new(SerialHub {
             state: Mutex::new(HubState {
                 scrollback: VecDeque::new(),
@@ -68,7 +82,51 @@ impl SerialHub {
             }),
             wake: EventFd::new(libc::EFD_NONBLOCK)?,
             wake_pending: AtomicBool::new(false),
+            ready: Mutex::new(ReadyPattern {
+                pattern: ready_pattern.unwrap_or_default().as_bytes().to_vec(),
+                recent: Vec::new(),
+            }),
+            ready_seen: Arc::new(AtomicBool::new(ready_pattern.is_none_or(str::is_empty))),
         }))
+    }
+
+    /// True once the ready pattern appeared (always, without a pattern).
+    pub fn ready_seen(&self) -> Arc<AtomicBool> {
+        self.ready_seen.clone()
+    }
+
+    /// After a guest reset the pattern must appear again.
+    pub fn forget_ready_pattern(&self) {
+        let mut ready = self
+            .ready
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if !ready.pattern.is_empty() {
+            ready.recent.clear();
+            self.ready_seen.store(false, Ordering::SeqCst);
+        }
+    }
+
+    fn watch_for_ready_pattern(&self, bytes: &[u8]) {
+        if self.ready_seen.load(Ordering::Relaxed) {
+            return;
+        }
+        let mut ready = self
+            .ready
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let ReadyPattern { pattern, recent } = &mut *ready;
+        recent.extend_from_slice(bytes);
+        if recent
+            .windows(pattern.len())
+            .any(|window| window == pattern.as_slice())
+        {
+            self.ready_seen.store(true, Ordering::SeqCst);
+            log::info!("the ready pattern appeared on the serial console");
+        }
+        let keep = pattern.len().saturating_sub(1);
+        let excess = recent.len().saturating_sub(keep);
+        recent.drain(..excess);
     }
 
     fn state(&self) -> std::sync::MutexGuard<'_, HubState> {
@@ -79,6 +137,7 @@ impl SerialHub {
 
     /// Guest output: into the scrollback and every client's backlog.
     pub fn guest_output(&self, bytes: &[u8]) {
+        self.watch_for_ready_pattern(bytes);
         let mut state = self.state();
         let limit = state.scrollback_limit;
         let backlog_limit = state.client_backlog_limit;
@@ -409,8 +468,22 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_ready_pattern_is_found_across_writes_and_forgotten_on_reset() {
+        let hub = SerialHub::new(64, 1024, Some("login:")).expect("hub");
+        let seen = hub.ready_seen();
+        hub.guest_output(b"Debian GNU/Linux\nvm lo");
+        assert!(!seen.load(Ordering::SeqCst));
+        hub.guest_output(b"gin: ");
+        assert!(seen.load(Ordering::SeqCst));
+        hub.forget_ready_pattern();
+        assert!(!seen.load(Ordering::SeqCst));
+        let without = SerialHub::new(64, 1024, None).expect("hub");
+        assert!(without.ready_seen().load(Ordering::SeqCst));
+    }
+
+    #[test]
     fn scrollback_keeps_the_newest_bytes() {
-        let hub = SerialHub::new(8, DEFAULT_CLIENT_BACKLOG).expect("hub");
+        let hub = SerialHub::new(8, DEFAULT_CLIENT_BACKLOG, None).expect("hub");
         hub.guest_output(b"0123456789");
         hub.guest_output(b"ab");
         let state = hub.state();
@@ -422,7 +495,7 @@ mod tests {
 
     #[test]
     fn a_new_client_starts_with_the_scrollback_and_then_gets_live_output() {
-        let hub = SerialHub::new(DEFAULT_SCROLLBACK, DEFAULT_CLIENT_BACKLOG).expect("hub");
+        let hub = SerialHub::new(DEFAULT_SCROLLBACK, DEFAULT_CLIENT_BACKLOG, None).expect("hub");
         hub.guest_output(b"boot log\n");
         let (ours, _theirs) = UnixStream::pair().expect("pair");
         let id = hub.attach(ours).expect("attached");
@@ -437,7 +510,7 @@ mod tests {
 
     #[test]
     fn a_client_that_falls_behind_is_marked_but_the_others_are_not() {
-        let hub = SerialHub::new(16, 1024).expect("hub");
+        let hub = SerialHub::new(16, 1024, None).expect("hub");
         let (slow, _slow_peer) = UnixStream::pair().expect("pair");
         let (fast, _fast_peer) = UnixStream::pair().expect("pair");
         let slow_id = hub.attach(slow).expect("attached");

@@ -2,5 +2,6 @@
 //! run directory and relay them to stdio, for `kubectl exec`. They share
 //! nothing with the VMM but the socket names.
 
+pub mod ready;
 pub mod serial;
 pub mod terminal;

@@ -17,7 +17,7 @@ const QUIET_AFTER_INPUT_ENDS_MS: i32 = 500;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SerialError {
-    #[error("cannot reach the serial console at {}: is vmpod running in this pod (or with this --run-dir)?", path.display())]
+    #[error("cannot reach {}: is vmpod running in this pod (or with this --run-dir)?", path.display())]
     Connect {
         path: PathBuf,
         #[source]
@@ -34,6 +34,17 @@ pub enum Ended {
     ConsoleClosed,
     InputEnded,
     Signalled,
+}
+
+/// `/vm/qmp`, `/vm/monitor`: the socket relayed to stdio as it is (QMP
+/// is JSON; the monitor prompts and reads lines, which a terminal's own
+/// line editing suits).
+pub fn relay_plain(run_dir: &std::path::Path, socket: &str) -> Result<Ended, SerialError> {
+    let path = run_dir.join(socket);
+    let mut connection =
+        UnixStream::connect(&path).map_err(|source| SerialError::Connect { path, source })?;
+    let signals = SignalFd::take(&[libc::SIGINT, libc::SIGTERM, libc::SIGHUP])?;
+    relay(&mut connection, &signals, None)
 }
 
 pub fn attach(run_dir: &std::path::Path, escape: Option<u8>) -> Result<Ended, SerialError> {

@@ -26,9 +26,9 @@ use kvm_ioctls::{Kvm, VmFd};
 use vm_memory::{GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion, MemoryRegionAddress};
 use vmm_sys_util::eventfd::EventFd;
 
-use crate::control::rundir::{RunDir, QMP_SOCKET, SERIAL_SOCKET};
+use crate::control::rundir::{RunDir, MONITOR_SOCKET, QMP_SOCKET, READY_SOCKET, SERIAL_SOCKET};
 use crate::control::serial::{HubWriter, SerialHub, SerialServer};
-use crate::control::{ControlLoop, VmControl};
+use crate::control::{ControlLoop, Listeners, Readiness, VmControl};
 use crate::devices::bus::Bus;
 use crate::devices::ged::{GenericEventDevice, GED_REGISTER_SIZE};
 use crate::devices::legacy::{acpi_pm::AcpiPlatform, i8042::I8042, serial::SerialPort};
@@ -78,6 +78,9 @@ fn io_error(what: &'static str) -> impl FnOnce(std::io::Error) -> VmmError {
     move |source| VmmError::Io { what, source }
 }
 
+/// The annotation naming text that must appear before `/vm/ready` is ready.
+pub const READY_PATTERN_ANNOTATION: &str = "vmpod.io/ready-serial-pattern";
+
 /// How `vmpod launch` serves the VM, beside its definition.
 #[derive(Debug, Clone)]
 pub struct LaunchOptions {
@@ -106,6 +109,7 @@ struct Platform {
     serial_interrupt: EventFd,
     ged: Arc<Mutex<GenericEventDevice>>,
     ged_interrupt: EventFd,
+    hub: Arc<SerialHub>,
 }
 
 fn build_platform(
@@ -154,6 +158,7 @@ fn build_platform(
         serial_interrupt,
         ged,
         ged_interrupt,
+        hub: hub.clone(),
     })
 }
 
@@ -172,12 +177,25 @@ pub fn run(config: &VmConfig, options: &LaunchOptions) -> Result<Outcome, VmmErr
     )?;
     vcpu::install_kick_handler().map_err(io_error("install the vCPU kick signal handler"))?;
     let run_dir = RunDir::create(&options.run_dir)?;
+    run_dir.link_helpers();
     let serial_listener = run_dir.listen(SERIAL_SOCKET)?;
-    let qmp_listener = run_dir.listen(QMP_SOCKET)?;
+    let listeners = Listeners {
+        qmp: run_dir.listen(QMP_SOCKET)?,
+        monitor: run_dir.listen(MONITOR_SOCKET)?,
+        ready: run_dir.listen(READY_SOCKET)?,
+    };
     let guest_memory = memory::create(config.memory_bytes)?;
     let (request_sender, requests) = mpsc::channel();
-    let hub = SerialHub::new(options.serial_scrollback, options.serial_client_backlog)
-        .map_err(io_error("create the serial console hub"))?;
+    let ready_pattern = config
+        .annotations
+        .get(READY_PATTERN_ANNOTATION)
+        .map(String::as_str);
+    let hub = SerialHub::new(
+        options.serial_scrollback,
+        options.serial_client_backlog,
+        ready_pattern,
+    )
+    .map_err(io_error("create the serial console hub"))?;
     let platform = build_platform(&request_sender, &hub)?;
     let (events, event_receiver) =
         lifecycle::event_channel().map_err(io_error("create the event channel"))?;
@@ -193,17 +211,26 @@ pub fn run(config: &VmConfig, options: &LaunchOptions) -> Result<Outcome, VmmErr
         requests: request_sender.clone(),
     };
     let epoll = Arc::new(Epoll::new().map_err(io_error("create the control event loop"))?);
-    let serial_server =
-        SerialServer::new(hub, platform.serial.clone(), serial_listener, epoll.clone())
-            .map_err(io_error("serve the serial console"))?;
+    let serial_server = SerialServer::new(
+        hub.clone(),
+        platform.serial.clone(),
+        serial_listener,
+        epoll.clone(),
+    )
+    .map_err(io_error("serve the serial console"))?;
+    let readiness = Readiness {
+        pattern_seen: hub.ready_seen(),
+        pattern: ready_pattern.map(str::to_owned),
+    };
     let control_loop = ControlLoop::new(
         epoll,
         serial_server,
-        qmp_listener,
+        listeners,
         event_receiver,
         vm_control,
+        readiness,
     )
-    .map_err(io_error("serve QMP"))?;
+    .map_err(io_error("serve the control sockets"))?;
     let control = ControlThread::start(control_loop)?;
     let watcher = termination::TerminationWatcher::start(
         termination_signals,
@@ -226,8 +253,9 @@ pub fn run(config: &VmConfig, options: &LaunchOptions) -> Result<Outcome, VmmErr
     input.stop();
     watcher.stop();
     control.stop();
-    run_dir.remove_socket(SERIAL_SOCKET);
-    run_dir.remove_socket(QMP_SOCKET);
+    for socket in [SERIAL_SOCKET, QMP_SOCKET, MONITOR_SOCKET, READY_SOCKET] {
+        run_dir.remove_socket(socket);
+    }
     outcome
 }
 
@@ -341,6 +369,7 @@ fn run_boots(
                     boot_number + 1
                 );
                 lifecycle.events.send(Event::Reset);
+                platform.hub.forget_ready_pattern();
                 memory::clear(guest_memory)?;
             }
             VmRequest::Fatal(message) => {

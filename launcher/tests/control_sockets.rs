@@ -1,0 +1,189 @@
+//! The other control sockets as users reach them: the human monitor, the
+//! readiness probe (with and without a serial pattern), the QMP relay
+//! helper, and the /vm/* links `launch` makes beside its run directory.
+
+mod common;
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::unix::net::UnixStream;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{guest, kvm_available, launch, Running, Scratch, VMPOD};
+
+const WATCHDOG: Duration = Duration::from_secs(30);
+
+fn echo_vm(scratch: &Scratch, annotations: &str) -> (Running, std::path::PathBuf) {
+    let definition = scratch.0.join("echo.yaml");
+    std::fs::write(
+        &definition,
+        format!(
+            "apiVersion: kubevirt.io/v1\nkind: VirtualMachineInstance\nmetadata:\n  name: echo\n{annotations}\
+             spec:\n  domain:\n    memory: {{guest: 16Mi}}\n    firmware: {{kernelBoot: {{container: {{kernelPath: {}}}}}}}\n\
+             \x20   devices: {{autoattachPodInterface: false, autoattachGraphicsDevice: false}}\n",
+            guest("echo.elf").display()
+        ),
+    )
+    .expect("write definition");
+    let mut vm = launch(&definition);
+    vm.expect("type and it echoes", WATCHDOG);
+    (vm, scratch.0.join("run"))
+}
+
+fn power_off(vm: Running, run_dir: &Path) {
+    let mut console = UnixStream::connect(run_dir.join("serial.sock")).expect("serial");
+    console.write_all(b"\x04").expect("Ctrl-D");
+    let run = vm.finish(WATCHDOG);
+    assert_eq!(run.code, Some(0), "{}", run.stderr);
+}
+
+/// Reads monitor output up to and including the next prompt.
+fn until_prompt(monitor: &mut BufReader<UnixStream>) -> String {
+    let mut text = Vec::new();
+    while !text.ends_with(b"(vmpod) ") {
+        let mut byte = [0u8];
+        monitor.read_exact(&mut byte).expect("monitor output");
+        text.push(byte[0]);
+    }
+    String::from_utf8_lossy(&text).into_owned()
+}
+
+#[test]
+fn the_monitor_answers_and_pauses_and_resumes() {
+    if !kvm_available("the_monitor_answers_and_pauses_and_resumes") {
+        return;
+    }
+    let scratch = Scratch::new("monitor");
+    let (vm, run_dir) = echo_vm(&scratch, "");
+    let stream = UnixStream::connect(run_dir.join("monitor.sock")).expect("monitor socket");
+    let mut writer = stream.try_clone().expect("clone");
+    let mut monitor = BufReader::new(stream);
+    assert!(until_prompt(&mut monitor).starts_with("vmpod monitor for VM echo"));
+    let mut ask = |line: &str| {
+        writer
+            .write_all(format!("{line}\n").as_bytes())
+            .expect("type");
+        until_prompt(&mut monitor)
+    };
+    assert_eq!(ask("info status"), "VM status: running\r\n(vmpod) ");
+    assert_eq!(ask("stop"), "(vmpod) ");
+    assert_eq!(ask("info status"), "VM status: paused\r\n(vmpod) ");
+    assert_eq!(ask("cont"), "(vmpod) ");
+    assert_eq!(ask("info status"), "VM status: running\r\n(vmpod) ");
+    assert_eq!(ask("info name"), "echo\r\n(vmpod) ");
+    assert!(ask("help").contains("system_powerdown"));
+    assert_eq!(
+        ask("frobnicate"),
+        "unknown command: 'frobnicate' (try 'help')\r\n(vmpod) "
+    );
+    power_off(vm, &run_dir);
+}
+
+fn ready(run_dir: &Path) -> (bool, String) {
+    let output = Command::new(VMPOD)
+        .arg("ready")
+        .arg("--run-dir")
+        .arg(run_dir)
+        .output()
+        .expect("ready runs");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    (output.status.success(), text)
+}
+
+#[test]
+fn ready_waits_for_the_serial_pattern() {
+    if !kvm_available("ready_waits_for_the_serial_pattern") {
+        return;
+    }
+    let scratch = Scratch::new("ready-pattern");
+    let (vm, run_dir) = echo_vm(
+        &scratch,
+        "  annotations:\n    vmpod.io/ready-serial-pattern: \"login:\"\n",
+    );
+    let (is_ready, said) = ready(&run_dir);
+    assert!(!is_ready, "{said}");
+    assert!(
+        said.contains("not ready: \"login:\" has not appeared on the serial console"),
+        "{said}"
+    );
+    let mut console = UnixStream::connect(run_dir.join("serial.sock")).expect("serial");
+    console.write_all(b"login: \n").expect("type"); // the echo guest prints it back
+    let deadline = Instant::now() + WATCHDOG;
+    while !ready(&run_dir).0 {
+        assert!(Instant::now() < deadline, "never became ready");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(ready(&run_dir).1.trim(), "ready");
+    power_off(vm, &run_dir);
+    let (after, said) = ready(&run_dir);
+    assert!(!after && said.contains("vmpod is not serving"), "{said}");
+}
+
+#[test]
+fn ready_without_a_pattern_means_running_and_links_name_the_helpers() {
+    if !kvm_available("ready_without_a_pattern_means_running_and_links_name_the_helpers") {
+        return;
+    }
+    let scratch = Scratch::new("ready-links");
+    let (vm, run_dir) = echo_vm(&scratch, "");
+    // `launch` linked the helpers beside its run directory, as /vm/ready …
+    let link = scratch.0.join("ready");
+    assert_eq!(
+        std::fs::read_link(&link).expect("link"),
+        Path::new(VMPOD).canonicalize().expect("path")
+    );
+    let output = Command::new(&link)
+        .arg("--run-dir")
+        .arg(&run_dir)
+        .output()
+        .expect("runs");
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&output.stdout).trim(), "ready");
+    power_off(vm, &run_dir);
+}
+
+#[test]
+fn the_qmp_helper_relays_stdio() {
+    if !kvm_available("the_qmp_helper_relays_stdio") {
+        return;
+    }
+    let scratch = Scratch::new("qmp-helper");
+    let (vm, run_dir) = echo_vm(&scratch, "");
+    let mut helper = Command::new(VMPOD)
+        .arg("qmp")
+        .arg("--run-dir")
+        .arg(&run_dir)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("helper starts");
+    helper
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(br#"{"execute":"qmp_capabilities"}{"execute":"query-status","id":1}"#)
+        .expect("write");
+    let output = helper
+        .wait_with_output()
+        .expect("helper ends after its input");
+    let lines: Vec<String> = BufReader::new(output.stdout.as_slice())
+        .lines()
+        .map(|l| l.expect("utf-8"))
+        .collect();
+    assert!(lines[0].starts_with(r#"{"QMP":"#), "{lines:?}");
+    assert_eq!(lines[1], r#"{"return":{}}"#);
+    assert_eq!(
+        lines[2],
+        r#"{"id":1,"return":{"running":true,"singlestep":false,"status":"running"}}"#
+    );
+    power_off(vm, &run_dir);
+}
