@@ -7,33 +7,20 @@
  * and jumps back to it instead. */
 .include "lib.S"
 
-.set LAPIC, 0xfee00000
-.set LAPIC_EOI, LAPIC + 0xb0
-.set LAPIC_SPURIOUS, LAPIC + 0xf0
-.set IOAPIC_SELECT, 0xfec00000
-.set IOAPIC_WINDOW, 0xfec00010
 .set SERIAL_VECTOR, 0x24
-.set SPURIOUS_VECTOR, 0xff
 
 .section .text.entry
 .global _start
 _start:
     GUEST_ENTRY
-    mov $0xff, %al              /* mask both 8259 PICs */
-    out %al, $0x21
-    out %al, $0xa1
+    mov $idle, %ebx             /* spurious interrupts just wake the idle loop */
+    call interrupts_on_apics
     mov $SERIAL_VECTOR, %eax
     mov $serial_interrupt, %ebx
     call set_gate
-    mov $SPURIOUS_VECTOR, %eax
-    mov $ignore_interrupt, %ebx
-    call set_gate
-    lidt idt_pointer
-    movl $(0x100 | SPURIOUS_VECTOR), LAPIC_SPURIOUS
-    movl $0x18, IOAPIC_SELECT   /* redirection entry 4, low: vector, edge, high */
-    movl $SERIAL_VECTOR, IOAPIC_WINDOW
-    movl $0x19, IOAPIC_SELECT   /* high: destination APIC 0 */
-    movl $0, IOAPIC_WINDOW
+    mov $4, %eax                /* COM1 is IOAPIC pin 4 */
+    mov $SERIAL_VECTOR, %ebx
+    call route_irq
     mov $0x3f9, %dx             /* IER: received-data interrupt */
     mov $1, %al
     out %al, %dx
@@ -52,16 +39,6 @@ idle:
     hlt
     jmp idle
 
-/* set_gate: IDT entry %eax -> handler %ebx (32-bit interrupt gate). */
-set_gate:
-    lea idt(,%eax,8), %edi
-    mov %bx, (%edi)
-    movw $0x08, 2(%edi)
-    movw $0x8e00, 4(%edi)
-    shr $16, %ebx
-    mov %bx, 6(%edi)
-    ret
-
 serial_interrupt:
 1:  mov $COM1_LSR, %dx
     in %dx, %al
@@ -78,20 +55,10 @@ serial_interrupt:
 4:  call putc
     jmp 1b
 2:  movl $0, LAPIC_EOI
-ignore_interrupt:
     jmp idle
 3:  mov $goodbye, %esi
     call puts
     jmp acpi_poweroff
-
-.section .data
-idt_pointer:
-.word 256 * 8 - 1
-.long idt
-
-.section .bss
-.p2align 3
-idt: .skip 256 * 8
 
 .section .rodata
 banner: .asciz "vmpod echo guest: type and it echoes, Ctrl-D powers off\n"

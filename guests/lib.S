@@ -13,6 +13,12 @@
 .set FADT_X_DSDT, 140
 .set FADT_SLEEP_CONTROL_ADDR, 248 /* sleep_control_reg.address (GAS at 244) */
 .set SIG_FACP, 0x50434146     /* "FACP" read as a little-endian dword */
+.set LAPIC, 0xfee00000
+.set LAPIC_EOI, LAPIC + 0xb0
+.set LAPIC_SPURIOUS, LAPIC + 0xf0
+.set IOAPIC_SELECT, 0xfec00000
+.set IOAPIC_WINDOW, 0xfec00010
+.set SPURIOUS_VECTOR, 0xff
 .set SIG_APIC, 0x43495041     /* "APIC" */
 
 /* The PVH note: XEN_ELFNOTE_PHYS32_ENTRY (18), owner "Xen". */
@@ -31,7 +37,14 @@ stack_top:
 start_info:
 .skip 4
 
+.section .bss
+.p2align 3
+idt: .skip 256 * 8
+
 .section .data
+idt_pointer:
+.word 256 * 8 - 1
+.long idt
 .p2align 3
 gdt:
 .quad 0                          /* null */
@@ -209,6 +222,50 @@ acpi_reset:
     mov FADT_RESET_VALUE(%eax), %al
     out %al, %dx
     jmp hang
+
+/* set_gate: IDT entry %eax -> handler %ebx (32-bit interrupt gate). */
+set_gate:
+    push %ebx
+    push %edi
+    lea idt(,%eax,8), %edi
+    mov %bx, (%edi)
+    movw $0x08, 2(%edi)
+    movw $0x8e00, 4(%edi)
+    shr $16, %ebx
+    mov %bx, 6(%edi)
+    pop %edi
+    pop %ebx
+    ret
+
+/* interrupts_on_apics: mask both 8259 PICs, load the IDT with %ebx as
+ * the spurious-interrupt handler, enable the local APIC. Interrupts stay
+ * off (cli) until the guest says sti. */
+interrupts_on_apics:
+    push %eax
+    push %ebx
+    mov $0xff, %al
+    out %al, $0x21
+    out %al, $0xa1
+    mov $SPURIOUS_VECTOR, %eax
+    call set_gate
+    lidt idt_pointer
+    movl $(0x100 | SPURIOUS_VECTOR), LAPIC_SPURIOUS
+    pop %ebx
+    pop %eax
+    ret
+
+/* route_irq: IOAPIC pin %eax -> vector %ebx on APIC 0, edge, active high. */
+route_irq:
+    push %eax
+    shl $1, %eax
+    add $0x10, %eax             /* redirection entry, low half */
+    mov %eax, IOAPIC_SELECT
+    mov %ebx, IOAPIC_WINDOW
+    inc %eax                    /* high half: destination APIC 0 */
+    mov %eax, IOAPIC_SELECT
+    movl $0, IOAPIC_WINDOW
+    pop %eax
+    ret
 
 /* hang: stop this CPU for good. */
 hang:

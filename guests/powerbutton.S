@@ -4,11 +4,6 @@
  * guest, its handler returns to the idle loop without iret (PVM). */
 .include "lib.S"
 
-.set LAPIC, 0xfee00000
-.set LAPIC_EOI, LAPIC + 0xb0
-.set LAPIC_SPURIOUS, LAPIC + 0xf0
-.set IOAPIC_SELECT, 0xfec00000
-.set IOAPIC_WINDOW, 0xfec00010
 .set GED_EVENTS, 0xfeb00000
 .set GED_VECTOR, 0x25
 
@@ -16,22 +11,14 @@
 .global _start
 _start:
     GUEST_ENTRY
-    mov $0xff, %al              /* mask both 8259 PICs */
-    out %al, $0x21
-    out %al, $0xa1
-    mov $ged_interrupt, %eax    /* IDT gate for the GED vector */
-    mov $(idt + GED_VECTOR * 8), %edi
-    mov %ax, (%edi)
-    movw $0x08, 2(%edi)
-    movw $0x8e00, 4(%edi)
-    shr $16, %eax
-    mov %ax, 6(%edi)
-    lidt idt_pointer
-    movl $0x1ff, LAPIC_SPURIOUS
-    movl $0x1a, IOAPIC_SELECT   /* redirection entry 5, low: vector, edge, high */
-    movl $GED_VECTOR, IOAPIC_WINDOW
-    movl $0x1b, IOAPIC_SELECT   /* high: destination APIC 0 */
-    movl $0, IOAPIC_WINDOW
+    mov $idle, %ebx             /* spurious interrupts just wake the idle loop */
+    call interrupts_on_apics
+    mov $GED_VECTOR, %eax
+    mov $ged_interrupt, %ebx
+    call set_gate
+    mov $5, %eax                /* the GED is IOAPIC pin 5 */
+    mov $GED_VECTOR, %ebx
+    call route_irq
     mov $waiting, %esi
     call puts
 idle:
@@ -48,15 +35,6 @@ ged_interrupt:
     mov $pressed, %esi
     call puts
     jmp acpi_poweroff
-
-.section .data
-idt_pointer:
-.word 256 * 8 - 1
-.long idt
-
-.section .bss
-.p2align 3
-idt: .skip 256 * 8
 
 .section .rodata
 waiting: .asciz "powerbutton guest: waiting for the power button\n"

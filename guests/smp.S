@@ -3,8 +3,6 @@
  * every vCPU report its APIC id. */
 .include "lib.S"
 
-.set LAPIC, 0xfee00000
-.set LAPIC_SPURIOUS, LAPIC + 0xf0
 .set LAPIC_ICR_LOW, LAPIC + 0x300
 .set LAPIC_ICR_HIGH, LAPIC + 0x310
 .set TRAMPOLINE, 0x8000

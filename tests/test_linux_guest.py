@@ -11,6 +11,9 @@ from conftest import run_nested
 SCENARIOS = (
     "poweroff vmpod 2 poweroff",
     "reboot vmpod 2 reboot poweroff",
+    "powerdown vmpod 2 qmp:system_powerdown",
+    "qmpreset vmpod 2 qmp:system_reset poweroff",
+    "pause vmpod 2 pause",
 )
 
 
@@ -48,4 +51,34 @@ def test_reboot_boots_the_kernel_again_in_the_same_process(nested):
     assert result(run, "boots") == "2", run["stdout"]
     assert run["stdout"].count("L2: nproc=2") == 2, run["stdout"]
     assert "booting it again in this process (boot 2)" in run["stderr"], run["stderr"]
+    assert result(run, "exit") == "0", run["stderr"]
+
+
+def test_the_boot_log_is_on_stdout_and_on_vm_serial(nested):
+    run = nested["poweroff"]
+    for line in ("L2: reached /init", "L2: nproc=2", "L2: waiting for a command"):
+        assert line in run["stdout"], run["stdout"]
+        assert line in run["serial"], f"/vm/serial showed: {run['serial']!r}"
+
+
+def test_qmp_system_powerdown_powers_linux_off(nested):
+    run = nested["powerdown"]
+    assert '"event":"POWERDOWN"' in run["qmp"], run["qmp"]
+    assert "L2: power button pressed" in run["stdout"], run["stdout"]
+    assert result(run, "exit") == "0", run["stderr"]
+
+
+def test_qmp_system_reset_reboots_linux(nested):
+    run = nested["qmpreset"]
+    assert result(run, "boots") == "2", run["stdout"]
+    assert "the guest reset (a system_reset command)" in run["stderr"], run["stderr"]
+    assert result(run, "exit") == "0", run["stderr"]
+
+
+def test_qmp_stop_and_cont_pause_and_resume_linux(nested):
+    run = nested["pause"]
+    assert '"status":"paused"' in run["qmp"], run["qmp"]
+    assert '"event":"STOP"' in run["qmp"] and '"event":"RESUME"' in run["qmp"], run["qmp"]
+    # After cont the guest is alive: it takes the typed poweroff.
+    assert "L2: powering off" in run["stdout"], run["stdout"]
     assert result(run, "exit") == "0", run["stderr"]

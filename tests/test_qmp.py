@@ -4,6 +4,7 @@ lifecycle events; raw sockets get proper error objects for bad input and
 the server keeps serving others."""
 
 import asyncio
+import pathlib
 import json
 import socket
 
@@ -138,3 +139,24 @@ def test_quit_ends_vmpod_with_status_0(echo_vm):  # noqa: F811
             pass  # vmpod has closed the socket, as it should after quit
 
     run(scenario())
+
+
+def test_qmp_shell_works_interactively(echo_vm):  # noqa: F811
+    """qmp-shell, the interactive client that ships with qemu.qmp, in a terminal."""
+    import sys
+    import time
+
+    from test_serial_console import Tmux, wait_for
+
+    shell = pathlib.Path(sys.executable).parent / "qmp-shell"
+    tmux = Tmux(f"vmpod-qmp-shell-{int(time.time())}", f"{shell} {echo_vm / 'qmp.sock'}; sleep 60")
+    try:
+        wait_for(lambda: "(QEMU)" in tmux.screen(), "the qmp-shell prompt")
+        tmux.keys("query-status", "Enter")
+        wait_for(lambda: '"status": "running"' in tmux.screen(), "the query-status reply")
+        tmux.keys("stop", "Enter")
+        tmux.keys("query-status", "Enter")
+        wait_for(lambda: '"status": "paused"' in tmux.screen(), "the paused status")
+        tmux.keys("cont", "Enter")
+    finally:
+        tmux.close()

@@ -7,10 +7,10 @@ mod common;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::net::UnixStream;
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{guest, kvm_available, launch, Running, Scratch, VMPOD};
+use common::{guest, kvm_available, launch, run_helper, Running, Scratch, VMPOD};
 
 const WATCHDOG: Duration = Duration::from_secs(30);
 
@@ -158,23 +158,11 @@ fn the_qmp_helper_relays_stdio() {
     }
     let scratch = Scratch::new("qmp-helper");
     let (vm, run_dir) = echo_vm(&scratch, "");
-    let mut helper = Command::new(VMPOD)
-        .arg("qmp")
-        .arg("--run-dir")
-        .arg(&run_dir)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("helper starts");
-    helper
-        .stdin
-        .take()
-        .expect("stdin")
-        .write_all(br#"{"execute":"qmp_capabilities"}{"execute":"query-status","id":1}"#)
-        .expect("write");
-    let output = helper
-        .wait_with_output()
-        .expect("helper ends after its input");
+    let output = run_helper(
+        "qmp",
+        &run_dir,
+        br#"{"execute":"qmp_capabilities"}{"execute":"query-status","id":1}"#,
+    );
     let lines: Vec<String> = BufReader::new(output.stdout.as_slice())
         .lines()
         .map(|l| l.expect("utf-8"))

@@ -159,3 +159,31 @@ fn a_user_without_access_to_dev_kvm_is_told_so() {
         run.stderr
     );
 }
+
+#[test]
+fn a_missing_initrd_is_named() {
+    let scratch = Scratch::new("missing-initrd");
+    let definition = scratch.0.join("initrd.yaml");
+    std::fs::write(
+        &definition,
+        format!(
+            "apiVersion: kubevirt.io/v1\nkind: VirtualMachineInstance\nmetadata: {{name: initrd}}\n\
+             spec:\n  domain:\n    memory: {{guest: 16Mi}}\n    firmware:\n      kernelBoot:\n        container:\n\
+             \x20         kernelPath: {}\n          initrdPath: /nonexistent/initrd.img\n\
+             \x20   devices: {{autoattachPodInterface: false, autoattachGraphicsDevice: false}}\n",
+            guest("hello.elf").display()
+        ),
+    )
+    .expect("write definition");
+    let run = launch(&definition).finish(WATCHDOG);
+    if skipped_for_kvm("a_missing_initrd_is_named", &run) {
+        return;
+    }
+    assert_eq!(run.code, Some(1), "{}", run.stderr);
+    assert!(
+        run.stderr
+            .contains("cannot read the initrd /nonexistent/initrd.img"),
+        "{}",
+        run.stderr
+    );
+}

@@ -9,7 +9,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{guest, kvm_available, launch_with, run_dir_for, Running, Scratch, VMPOD};
+use common::{guest, kvm_available, launch_with, run_dir_for, run_helper, Running, Scratch, VMPOD};
 
 const WATCHDOG: Duration = Duration::from_secs(60);
 
@@ -56,14 +56,10 @@ fn read_until(stream: &mut UnixStream, text: &str) -> String {
     String::from_utf8_lossy(&seen).into_owned()
 }
 
-fn power_off(mut vm: Running, client: &mut UnixStream) {
+fn power_off(vm: Running, client: &mut UnixStream) {
     client.write_all(b"\x04").expect("type Ctrl-D");
-    let run = vm_finish(&mut vm);
+    let run = vm.finish(WATCHDOG);
     assert_eq!(run.code, Some(0), "{}", run.stderr);
-}
-
-fn vm_finish(vm: &mut Running) -> common::Finished {
-    std::mem::replace(vm, common::launch_with(&mut Command::new("true"))).finish(WATCHDOG)
 }
 
 #[test]
@@ -97,7 +93,7 @@ fn a_client_that_stops_reading_is_detached_and_nothing_stalls() {
         return;
     }
     let scratch = Scratch::new("serial-laggard");
-    let (mut vm, run_dir) = start_echo(&scratch, 4096);
+    let (vm, run_dir) = start_echo(&scratch, 4096);
     let mut reader = connect(&run_dir);
     read_until(&mut reader, "type and it echoes");
     let stuck = connect(&run_dir); // never reads
@@ -120,7 +116,7 @@ fn a_client_that_stops_reading_is_detached_and_nothing_stalls() {
     );
     let run = {
         reader.write_all(b"\x04").expect("Ctrl-D");
-        vm_finish(&mut vm)
+        vm.finish(WATCHDOG)
     };
     drop(stuck);
     assert_eq!(run.code, Some(0), "{}", run.stderr);
@@ -138,24 +134,7 @@ fn the_helper_is_a_plain_pipe_without_a_terminal() {
     }
     let scratch = Scratch::new("serial-helper");
     let (vm, run_dir) = start_echo(&scratch, 1 << 20);
-    let mut helper = Command::new(VMPOD)
-        .arg("serial")
-        .arg("--run-dir")
-        .arg(&run_dir)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("helper starts");
-    helper
-        .stdin
-        .take()
-        .expect("stdin")
-        .write_all(b"sent through the helper\n")
-        .expect("type");
-    let output = helper
-        .wait_with_output()
-        .expect("helper ends after its input");
+    let output = run_helper("serial", &run_dir, b"sent through the helper\n");
     let shown = String::from_utf8_lossy(&output.stdout);
     assert!(
         output.status.success(),
@@ -192,12 +171,12 @@ fn input_from_a_client_that_closes_at_once_is_not_lost() {
         return;
     }
     let scratch = Scratch::new("serial-send-and-close");
-    let (mut vm, run_dir) = start_echo(&scratch, 1 << 20);
+    let (vm, run_dir) = start_echo(&scratch, 1 << 20);
     // Like `printf '\x04' | socat - UNIX:serial.sock`: write, then hang up.
     let mut client = UnixStream::connect(run_dir.join("serial.sock")).expect("connect");
     client.write_all(b"\x04").expect("type Ctrl-D");
     drop(client);
-    let run = vm_finish(&mut vm);
+    let run = vm.finish(WATCHDOG);
     assert_eq!(run.code, Some(0), "{}", run.stderr);
     assert!(
         run.stdout.ends_with("echo guest: powering off\n"),

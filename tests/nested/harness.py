@@ -16,7 +16,8 @@ class Unavailable(Exception):
 
 def run(vmpod_binary, *scenarios, timeout=900):
     """Boots L1 under QEMU TCG and runs the scenarios (NAME VMM VCPUS COMMAND...).
-    Returns {name: {"result": [...], "stdout": str, "stderr": str}}."""
+    Returns {name: {"result": [...], "stdout", "stderr", "serial", "qmp": str}}:
+    vmpod's output, what /vm/serial showed a newcomer, and QMP replies."""
     if shutil.which("qemu-system-x86_64") is None:
         raise Unavailable("qemu-system-x86 is not installed, so the nested Linux-guest harness cannot run")
     prepared = TARGET / "nested"
@@ -36,11 +37,14 @@ def run(vmpod_binary, *scenarios, timeout=900):
         words = line[4:].split(" ", 2)
         if len(words) < 3:
             continue
-        entry = runs.setdefault(words[1] if words[0] == "RESULT" else words[0], {"result": [], "stdout": "", "stderr": ""})
+        name = words[1] if words[0] == "RESULT" else words[0]
+        entry = runs.setdefault(name, {"result": [], "stdout": "", "stderr": "", "serial": "", "qmp": ""})
         if words[0] == "RESULT":
             entry["result"].append(words[2])
-        elif words[1] in ("stdout", "stderr") and words[2].startswith("| "):
+        elif words[1] in ("stdout", "stderr", "serial") and words[2].startswith("| "):
             entry[words[1]] += words[2][2:] + "\n"
+        elif words[1] == "qmp":
+            entry["qmp"] += words[2] + "\n"
     return runs
 
 

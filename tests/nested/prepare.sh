@@ -26,8 +26,12 @@ cp "$out"/kernel/boot/vmlinuz-* "$out/vmlinuz"
 
 root="$out/l2-root"
 rm -rf "$root"
-mkdir -p "$root/bin" "$root/proc" "$root/sys" "$root/dev"
+mkdir -p "$root/bin" "$root/proc" "$root/sys" "$root/dev" "$root/modules"
 cp /bin/busybox "$root/bin/busybox"
+# The ACPI power button and evdev are modules in this kernel.
+for module in drivers/input/evdev drivers/acpi/button; do
+    cp "$out"/kernel/lib/modules/*/kernel/$module.ko "$root/modules/"
+done
 cp "$here/l2-init" "$root/init"
 chmod +x "$root/init"
 (cd "$root" && find . | cpio -o -H newc --quiet | gzip -1) > "$out/l2.cpio.gz"

@@ -6,7 +6,7 @@
 use std::os::unix::net::UnixStream;
 
 use super::hmp;
-use super::outbox::{read_available, Outbox};
+use super::outbox::{read_some, Outbox, Read, READ_BUDGET};
 use super::VmControl;
 
 const PROMPT: &[u8] = b"(vmpod) ";
@@ -36,11 +36,24 @@ impl MonitorClient {
 
     /// Runs every complete line; false when the client is gone.
     pub fn on_readable(&mut self, vm: &VmControl) -> bool {
-        let mut received = Vec::new();
-        let alive = read_available(&mut self.outbox.stream, |bytes| {
-            received.extend_from_slice(bytes)
-        });
-        for byte in received {
+        let mut buffer = [0u8; 65536];
+        let mut budget = READ_BUDGET;
+        while budget > 0 {
+            match read_some(&mut self.outbox.stream, &mut buffer) {
+                Read::Data(read) => {
+                    budget = budget.saturating_sub(read);
+                    self.take_input(&buffer[..read], vm);
+                }
+                Read::Nothing => break,
+                Read::Closed => return false,
+            }
+        }
+        !self.outbox.overflowing()
+    }
+
+    /// Runs every complete line in `received`.
+    fn take_input(&mut self, received: &[u8], vm: &VmControl) {
+        for &byte in received {
             match byte {
                 b'\n' => {
                     let line = String::from_utf8_lossy(&self.line).trim().to_owned();
@@ -60,6 +73,5 @@ impl MonitorClient {
                 _ => self.line.push(byte),
             }
         }
-        alive && !self.outbox.overflowing()
     }
 }

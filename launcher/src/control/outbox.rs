@@ -48,17 +48,27 @@ impl Outbox {
     }
 }
 
-/// Reads everything available without blocking; false when the peer is gone.
-pub fn read_available(stream: &mut UnixStream, mut sink: impl FnMut(&[u8])) -> bool {
-    use std::io::Read;
-    let mut buffer = [0u8; 65536];
+/// What one non-blocking read gave.
+pub enum Read {
+    Data(usize),
+    Nothing,
+    Closed,
+}
+
+/// At most this much is read per readiness event: input is handled (and
+/// its limits applied) as it arrives, and epoll calls again for the rest.
+pub const READ_BUDGET: usize = 1024 * 1024;
+
+/// One non-blocking read into `buffer`.
+pub fn read_some(stream: &mut UnixStream, buffer: &mut [u8]) -> Read {
+    use std::io::Read as _;
     loop {
-        match stream.read(&mut buffer) {
-            Ok(0) => return false,
-            Ok(read) => sink(&buffer[..read]),
-            Err(error) if error.kind() == ErrorKind::WouldBlock => return true,
+        return match stream.read(buffer) {
+            Ok(0) => Read::Closed,
+            Ok(read) => Read::Data(read),
+            Err(error) if error.kind() == ErrorKind::WouldBlock => Read::Nothing,
             Err(error) if error.kind() == ErrorKind::Interrupted => continue,
-            Err(_) => return false,
-        }
+            Err(_) => Read::Closed,
+        };
     }
 }

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant, UNIX_EPOCH};
 use serde_json::{json, Map, Value};
 
 use super::hmp;
-use super::outbox::{read_available, Outbox};
+use super::outbox::{read_some, Outbox, Read, READ_BUDGET};
 use super::VmControl;
 use crate::lifecycle::{Status, Timed};
 
@@ -68,12 +68,19 @@ impl QmpClient {
     /// Reads what arrived and answers every complete command; false when
     /// the client is gone or must be dropped.
     pub fn on_readable(&mut self, vm: &VmControl) -> bool {
-        let mut received = Vec::new();
-        let alive = read_available(&mut self.outbox.stream, |bytes| {
-            received.extend_from_slice(bytes)
-        });
-        self.take_input(&received, vm);
-        alive && !self.outbox.overflowing()
+        let mut buffer = [0u8; 65536];
+        let mut budget = READ_BUDGET;
+        while budget > 0 {
+            match read_some(&mut self.outbox.stream, &mut buffer) {
+                Read::Data(read) => {
+                    budget = budget.saturating_sub(read);
+                    self.take_input(&buffer[..read], vm);
+                }
+                Read::Nothing => break,
+                Read::Closed => return false,
+            }
+        }
+        !self.outbox.overflowing()
     }
 
     fn take_input(&mut self, bytes: &[u8], vm: &VmControl) {

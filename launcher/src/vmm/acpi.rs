@@ -162,9 +162,10 @@ fn legacy_device(name: &str, pnp_id: &str, resources: &[&dyn Aml]) -> Encoded {
 }
 
 /// The Generic Event Device: `_EVT` reads the event register and notifies
-/// the power button when its bit is set.
+/// the power button when its bit is set. Its `_CRS` holds only the
+/// interrupt (Linux's driver refuses anything else there); the register is
+/// the operation region.
 fn ged() -> Encoded {
-    let register = aml::Memory32Fixed::new(true, layout::GED_ADDR as u32, 4);
     let interrupt = aml::Interrupt::new(true, true, false, false, layout::GED_IRQ);
     let region = aml::OpRegion::new(
         "GDST".into(),
@@ -193,10 +194,7 @@ fn ged() -> Encoded {
         vec![
             &aml::Name::new("_HID".into(), &"ACPI0013"),
             &aml::Name::new("_UID".into(), &aml::ZERO),
-            &aml::Name::new(
-                "_CRS".into(),
-                &aml::ResourceTemplate::new(vec![&register, &interrupt]),
-            ),
+            &aml::Name::new("_CRS".into(), &aml::ResourceTemplate::new(vec![&interrupt])),
             &region,
             &field,
             &evt,

@@ -130,6 +130,29 @@ pub struct Finished {
     pub stderr: String,
 }
 
+/// Runs a helper role (`serial`, `qmp`, …) against `run_dir` with `input`
+/// on its stdin; returns once it has ended.
+pub fn run_helper(role: &str, run_dir: &Path, input: &[u8]) -> std::process::Output {
+    let mut helper = Command::new(VMPOD)
+        .arg(role)
+        .arg("--run-dir")
+        .arg(run_dir)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("helper starts");
+    helper
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(input)
+        .expect("write to the helper");
+    helper
+        .wait_with_output()
+        .expect("helper ends after its input")
+}
+
 /// `vmpod launch`, with its sockets in a `run` directory beside the definition.
 pub fn launch(definition: &Path) -> Running {
     launch_with(

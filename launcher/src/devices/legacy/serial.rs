@@ -67,26 +67,31 @@ impl SerialPort {
     }
 }
 
+/// A port access covers one byte per repetition: `rep insb`/`rep outsb`
+/// reach the device as one access with many bytes, all for one register.
 impl BusDevice for SerialPort {
     fn read(&mut self, offset: u64, data: &mut [u8]) {
         let Ok(register) = u8::try_from(offset) else {
             data.fill(0xff);
             return;
         };
-        data.fill(0);
-        data[0] = self.uart.read(register);
-        if offset == DATA_REGISTER {
-            self.refill_fifo();
+        for byte in data.iter_mut() {
+            *byte = self.uart.read(register);
+            if offset == DATA_REGISTER {
+                self.refill_fifo();
+            }
         }
     }
 
     fn write(&mut self, offset: u64, data: &[u8]) {
-        let (Ok(register), Some(&value)) = (u8::try_from(offset), data.first()) else {
+        let Ok(register) = u8::try_from(offset) else {
             return;
         };
-        if let Err(error) = self.uart.write(register, value) {
-            // A closed stdout must not stop the guest.
-            log::debug!("serial output failed: {error:?}");
+        for value in data {
+            if let Err(error) = self.uart.write(register, *value) {
+                // A closed stdout must not stop the guest.
+                log::debug!("serial output failed: {error:?}");
+            }
         }
     }
 }
@@ -127,6 +132,18 @@ mod tests {
             port.write(DATA_REGISTER, &[*byte]);
         }
         assert_eq!(captured.0.lock().expect("lock").as_slice(), b"hi\n");
+    }
+
+    #[test]
+    fn string_io_writes_every_byte() {
+        let (mut port, captured, _) = port();
+        port.write(DATA_REGISTER, b"rep outsb");
+        assert_eq!(captured.0.lock().expect("lock").as_slice(), b"rep outsb");
+        let (mut port, _, _) = self::port();
+        port.queue_input(b"abc");
+        let mut read = [0u8; 3];
+        port.read(DATA_REGISTER, &mut read);
+        assert_eq!(&read, b"abc");
     }
 
     #[test]
