@@ -14,6 +14,7 @@ SCENARIOS = (
     "powerdown vmpod 2 qmp:system_powerdown",
     "qmpreset vmpod 2 qmp:system_reset poweroff",
     "pause vmpod 2 pause",
+    "ctrlaltdel vmpod 2 keys:ctrl-alt-delete poweroff",
 )
 
 
@@ -81,4 +82,10 @@ def test_qmp_stop_and_cont_pause_and_resume_linux(nested):
     assert '"event":"STOP"' in run["qmp"] and '"event":"RESUME"' in run["qmp"], run["qmp"]
     # After cont the guest is alive: it takes the typed poweroff.
     assert "L2: powering off" in run["stdout"], run["stdout"]
+    assert result(run, "exit") == "0", run["stderr"]
+
+
+def test_ctrl_alt_delete_through_send_key_reboots_linux(nested):
+    run = nested["ctrlaltdel"]
+    assert result(run, "boots") == "2", run["stdout"] + run["stderr"]
     assert result(run, "exit") == "0", run["stderr"]

@@ -43,7 +43,8 @@ def test_qemu_qmp_negotiates_and_queries(echo_vm):  # noqa: F811
         assert [cpu["cpu-index"] for cpu in cpus] == [0]
         assert await client.execute("query-block") == []
         names = {command["name"] for command in await client.execute("query-commands")}
-        assert {"stop", "cont", "system_reset", "system_powerdown", "quit", "human-monitor-command"} <= names
+        assert {"stop", "cont", "system_reset", "system_powerdown", "quit", "human-monitor-command", "send-key"} <= names
+        assert await client.execute("send-key", {"keys": [{"type": "qcode", "data": "a"}]}) == {}
         status = await client.execute("human-monitor-command", {"command-line": "info status"})
         assert status == "VM status: running\r\n"
         await client.disconnect()

@@ -175,3 +175,45 @@ fn the_qmp_helper_relays_stdio() {
     );
     power_off(vm, &run_dir);
 }
+
+#[test]
+fn send_key_types_on_the_ps2_keyboard() {
+    if !kvm_available("send_key_types_on_the_ps2_keyboard") {
+        return;
+    }
+    let scratch = Scratch::new("send-key");
+    let definition = scratch.definition("keyboard", &guest("keyboard.elf"), 1, "16Mi", "");
+    let mut vm = launch(&definition);
+    vm.expect("keyboard guest ready", WATCHDOG);
+    let run_dir = common::run_dir_for(&definition);
+    let qmp = |command: &str| {
+        let input = format!(r#"{{"execute":"qmp_capabilities"}}{command}"#);
+        String::from_utf8_lossy(&run_helper("qmp", &run_dir, input.as_bytes()).stdout).into_owned()
+    };
+    let reply = qmp(r#"{"execute":"send-key","arguments":{"keys":[{"type":"qcode","data":"a"}]}}"#);
+    assert!(reply.contains(r#"{"return":{}}"#), "{reply}");
+    vm.expect("scancode 0x0000009e", WATCHDOG);
+    // HMP spelling, through QMP's human-monitor-command.
+    qmp(
+        r#"{"execute":"human-monitor-command","arguments":{"command-line":"sendkey ctrl-alt-delete"}}"#,
+    );
+    vm.expect("scancode 0x0000009d", WATCHDOG);
+    let unknown =
+        qmp(r#"{"execute":"send-key","arguments":{"keys":[{"type":"qcode","data":"hyper"}]}}"#);
+    assert!(
+        unknown.contains("'hyper' is not a key vmpod knows"),
+        "{unknown}"
+    );
+    qmp(r#"{"execute":"send-key","arguments":{"keys":[{"type":"qcode","data":"esc"}]}}"#);
+    let run = vm.finish(WATCHDOG);
+    let codes: Vec<&str> = run
+        .stdout
+        .lines()
+        .filter_map(|l| l.strip_prefix("scancode 0x000000"))
+        .collect();
+    assert_eq!(
+        codes,
+        ["1e", "9e", "1d", "38", "e0", "53", "e0", "d3", "b8", "9d", "01", "81"]
+    );
+    assert_eq!(run.code, Some(0), "{}", run.stderr);
+}

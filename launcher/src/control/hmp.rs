@@ -10,6 +10,7 @@ cont                 resume the VM
 help                 this list
 info status|version|name|uuid|cpus|block
 quit                 stop the VM and end vmpod (exit 0)
+sendkey KEYS         press keys together, e.g. sendkey ctrl-alt-delete
 stop                 pause the VM
 system_powerdown     press the ACPI power button
 system_reset         reset the VM (it boots again)
@@ -32,6 +33,13 @@ pub fn run(line: &str, vm: &VmControl) -> String {
         ["system_powerdown"] => {
             vm.powerdown();
             String::new()
+        }
+        ["sendkey", keys] => {
+            let qcodes: Vec<&str> = keys.split('-').collect();
+            vm.send_keys(&qcodes)
+                .err()
+                .map(|e| e + "\n")
+                .unwrap_or_default()
         }
         ["quit"] | ["q"] => {
             vm.quit();

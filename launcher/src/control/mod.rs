@@ -67,6 +67,13 @@ impl VmControl {
         self.ask(VmRequest::Quit);
     }
 
+    /// Presses the named keys together (qcodes) and lets them go.
+    pub fn send_keys(&self, qcodes: &[&str]) -> Result<(), String> {
+        let scancodes = crate::devices::legacy::keys::chord(qcodes)?;
+        self.ask(VmRequest::SendKeys(scancodes));
+        Ok(())
+    }
+
     /// `query-cpus-fast`: one entry per vCPU with its topology position.
     pub fn cpus_fast(&self) -> Vec<Value> {
         let CpuTopology {

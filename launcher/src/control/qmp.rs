@@ -38,6 +38,7 @@ pub const COMMANDS: &[&str] = &[
     "system_powerdown",
     "quit",
     "human-monitor-command",
+    "send-key",
 ];
 
 pub struct QmpClient {
@@ -260,6 +261,9 @@ fn run_command(
     if command == "human-monitor-command" {
         return human_monitor_command(arguments, vm);
     }
+    if command == "send-key" {
+        return send_key(arguments, vm);
+    }
     if command == "qmp_capabilities" {
         if *negotiated {
             return Err((
@@ -357,6 +361,35 @@ fn human_monitor_command(arguments: &Map<String, Value>, vm: &VmControl) -> Comm
         return Err(generic(format!("Parameter '{name}' is unexpected")));
     }
     Ok(Value::String(hmp::run(command_line, vm)))
+}
+
+/// `send-key`: `{"keys": [{"type": "qcode", "data": "ctrl"}, …], "hold-time": ms}`.
+fn send_key(arguments: &Map<String, Value>, vm: &VmControl) -> CommandResult {
+    let Some(Value::Array(keys)) = arguments.get("keys") else {
+        return Err(generic("Parameter 'keys' is missing or not a list"));
+    };
+    if let Some(name) = arguments.keys().find(|k| *k != "keys" && *k != "hold-time") {
+        return Err(generic(format!("Parameter '{name}' is unexpected")));
+    }
+    let mut qcodes = Vec::with_capacity(keys.len());
+    for key in keys {
+        match (
+            key.get("type").and_then(Value::as_str),
+            key.get("data").and_then(Value::as_str),
+        ) {
+            (Some("qcode"), Some(qcode)) => qcodes.push(qcode),
+            _ => {
+                return Err(generic(
+                    "each key must be {\"type\": \"qcode\", \"data\": NAME}",
+                ))
+            }
+        }
+    }
+    if qcodes.is_empty() {
+        return Err(generic("Parameter 'keys' must name at least one key"));
+    }
+    vm.send_keys(&qcodes).map_err(generic)?;
+    Ok(json!({}))
 }
 
 /// Waits (briefly, on the control thread) for the VMM to reach `wanted`.

@@ -22,6 +22,8 @@ pub enum VmRequest {
     Resume,
     Powerdown,
     Quit,
+    /// Scancodes (set 1) to type on the PS/2 keyboard.
+    SendKeys(Vec<u8>),
     /// Something went wrong that stops the VM.
     Fatal(String),
 }

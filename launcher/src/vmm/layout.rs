@@ -54,6 +54,7 @@ pub const KVM_IDENTITY_MAP_ADDR: u64 = 0xfffb_c000;
 pub const COM1_PORT: u16 = 0x3f8;
 pub const COM1_IRQ: u32 = 4;
 pub const I8042_PORT: u16 = 0x60;
+pub const KEYBOARD_IRQ: u32 = 1;
 /// vmpod's ACPI platform registers: sleep control, sleep status, reset.
 pub const ACPI_PM_PORT: u16 = 0x600;
 pub const ACPI_SLEEP_CONTROL_PORT: u16 = ACPI_PM_PORT;

@@ -110,6 +110,8 @@ struct Platform {
     ged: Arc<Mutex<GenericEventDevice>>,
     ged_interrupt: EventFd,
     hub: Arc<SerialHub>,
+    i8042: Arc<Mutex<I8042>>,
+    keyboard_interrupt: EventFd,
 }
 
 fn build_platform(
@@ -128,11 +130,13 @@ fn build_platform(
     )));
     let mut pio = Bus::default();
     pio.insert(u64::from(layout::COM1_PORT), 8, serial.clone())?;
-    pio.insert(
-        u64::from(layout::I8042_PORT),
-        5,
-        Arc::new(Mutex::new(I8042::new(requests.clone()))),
-    )?;
+    let keyboard_interrupt =
+        EventFd::new(libc::EFD_NONBLOCK).map_err(io_error("create the keyboard interrupt"))?;
+    let keyboard_trigger = keyboard_interrupt
+        .try_clone()
+        .map_err(io_error("create the keyboard interrupt"))?;
+    let i8042 = Arc::new(Mutex::new(I8042::new(requests.clone(), keyboard_trigger)));
+    pio.insert(u64::from(layout::I8042_PORT), 5, i8042.clone())?;
     let acpi_platform = AcpiPlatform::new(
         layout::S5_SLEEP_TYPE,
         layout::ACPI_RESET_VALUE,
@@ -159,6 +163,8 @@ fn build_platform(
         ged,
         ged_interrupt,
         hub: hub.clone(),
+        i8042,
+        keyboard_interrupt,
     })
 }
 
@@ -424,6 +430,13 @@ fn serve_boot(
                 }
                 lifecycle.events.send(Event::Powerdown);
             }
+            VmRequest::SendKeys(scancodes) => {
+                platform
+                    .i8042
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .press(&scancodes);
+            }
             ending => return ending,
         }
     }
@@ -457,6 +470,8 @@ fn start(
         .map_err(kvm_error("wire the serial interrupt"))?;
     vm.register_irqfd(&platform.ged_interrupt, layout::GED_IRQ)
         .map_err(kvm_error("wire the power button interrupt"))?;
+    vm.register_irqfd(&platform.keyboard_interrupt, layout::KEYBOARD_IRQ)
+        .map_err(kvm_error("wire the keyboard interrupt"))?;
 
     let apic_ids = cpu::apic_ids(&config.cpu);
     let tables = acpi::build(&acpi::AcpiFacts {

@@ -1,6 +1,7 @@
-//! Legacy PC devices: the 16550 UART, the i8042 reset line and the ACPI
-//! platform registers (sleep control/status, reset).
+//! Legacy PC devices: the 16550 UART, the i8042 with a PS/2 keyboard (and
+//! the reset line), and the ACPI platform registers (sleep, reset).
 
 pub mod acpi_pm;
 pub mod i8042;
+pub mod keys;
 pub mod serial;
