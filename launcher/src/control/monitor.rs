@@ -6,7 +6,7 @@
 use std::os::unix::net::UnixStream;
 
 use super::hmp;
-use super::outbox::{read_some, Outbox, Read, READ_BUDGET};
+use super::outbox::{on_readable, Connection, Outbox};
 use super::VmControl;
 
 const PROMPT: &[u8] = b"(vmpod) ";
@@ -36,23 +36,11 @@ impl MonitorClient {
 
     /// Runs every complete line; false when the client is gone.
     pub fn on_readable(&mut self, vm: &VmControl) -> bool {
-        let mut buffer = [0u8; 65536];
-        let mut budget = READ_BUDGET;
-        while budget > 0 {
-            match read_some(&mut self.outbox.stream, &mut buffer) {
-                Read::Data(read) => {
-                    budget = budget.saturating_sub(read);
-                    self.take_input(&buffer[..read], vm);
-                }
-                Read::Nothing => break,
-                Read::Closed => return false,
-            }
-        }
-        !self.outbox.overflowing()
+        on_readable(self, vm)
     }
 
     /// Runs every complete line in `received`.
-    fn take_input(&mut self, received: &[u8], vm: &VmControl) {
+    fn handle_input(&mut self, received: &[u8], vm: &VmControl) {
         for &byte in received {
             match byte {
                 b'\n' => {
@@ -73,5 +61,15 @@ impl MonitorClient {
                 _ => self.line.push(byte),
             }
         }
+    }
+}
+
+impl Connection for MonitorClient {
+    fn outbox(&mut self) -> &mut Outbox {
+        &mut self.outbox
+    }
+
+    fn take_input(&mut self, bytes: &[u8], vm: &VmControl) {
+        self.handle_input(bytes, vm);
     }
 }

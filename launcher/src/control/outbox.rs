@@ -49,7 +49,7 @@ impl Outbox {
 }
 
 /// What one non-blocking read gave.
-pub enum Read {
+enum Read {
     Data(usize),
     Nothing,
     Closed,
@@ -59,8 +59,32 @@ pub enum Read {
 /// its limits applied) as it arrives, and epoll calls again for the rest.
 pub const READ_BUDGET: usize = 1024 * 1024;
 
+/// A client whose input is commands: it owns an outbox and handles bytes.
+pub trait Connection {
+    fn outbox(&mut self) -> &mut Outbox;
+    fn take_input(&mut self, bytes: &[u8], vm: &super::VmControl);
+}
+
+/// Reads what arrived (up to [`READ_BUDGET`]) and hands it over chunk by
+/// chunk; false when the client is gone or too far behind.
+pub fn on_readable(client: &mut impl Connection, vm: &super::VmControl) -> bool {
+    let mut buffer = [0u8; 65536];
+    let mut budget = READ_BUDGET;
+    while budget > 0 {
+        match read_some(&mut client.outbox().stream, &mut buffer) {
+            Read::Data(read) => {
+                budget = budget.saturating_sub(read);
+                client.take_input(&buffer[..read], vm);
+            }
+            Read::Nothing => break,
+            Read::Closed => return false,
+        }
+    }
+    !client.outbox().overflowing()
+}
+
 /// One non-blocking read into `buffer`.
-pub fn read_some(stream: &mut UnixStream, buffer: &mut [u8]) -> Read {
+fn read_some(stream: &mut UnixStream, buffer: &mut [u8]) -> Read {
     use std::io::Read as _;
     loop {
         return match stream.read(buffer) {

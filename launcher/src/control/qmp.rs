@@ -13,7 +13,7 @@ use std::time::{Duration, Instant, UNIX_EPOCH};
 use serde_json::{json, Map, Value};
 
 use super::hmp;
-use super::outbox::{read_some, Outbox, Read, READ_BUDGET};
+use super::outbox::{on_readable, Connection, Outbox};
 use super::VmControl;
 use crate::lifecycle::{Status, Timed};
 
@@ -69,28 +69,16 @@ impl QmpClient {
     /// Reads what arrived and answers every complete command; false when
     /// the client is gone or must be dropped.
     pub fn on_readable(&mut self, vm: &VmControl) -> bool {
-        let mut buffer = [0u8; 65536];
-        let mut budget = READ_BUDGET;
-        while budget > 0 {
-            match read_some(&mut self.outbox.stream, &mut buffer) {
-                Read::Data(read) => {
-                    budget = budget.saturating_sub(read);
-                    self.take_input(&buffer[..read], vm);
-                }
-                Read::Nothing => break,
-                Read::Closed => return false,
-            }
-        }
-        !self.outbox.overflowing()
+        on_readable(self, vm)
     }
 
-    fn take_input(&mut self, bytes: &[u8], vm: &VmControl) {
+    fn handle_input(&mut self, bytes: &[u8], vm: &VmControl) {
         if self.discarding {
             // Resynchronise at a line end, as a client's next command starts.
             match bytes.iter().position(|b| *b == b'\n') {
                 Some(at) => {
                     self.discarding = false;
-                    return self.take_input(&bytes[at + 1..], vm);
+                    return self.handle_input(&bytes[at + 1..], vm);
                 }
                 None => return,
             }
@@ -402,4 +390,14 @@ pub fn wait_for_status(vm: &VmControl, wanted: Status) -> Result<(), String> {
         std::thread::sleep(Duration::from_millis(1));
     }
     Ok(())
+}
+
+impl Connection for QmpClient {
+    fn outbox(&mut self) -> &mut Outbox {
+        &mut self.outbox
+    }
+
+    fn take_input(&mut self, bytes: &[u8], vm: &VmControl) {
+        self.handle_input(bytes, vm);
+    }
 }
