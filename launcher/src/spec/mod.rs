@@ -3,6 +3,7 @@
 //!
 //! Owns the KubeVirt subset vmpod implements. Calls nothing outside itself;
 //! `source` hands it bytes, the VMM receives the `VmConfig`. Any thread.
+#![forbid(unsafe_code)]
 
 pub mod config;
 mod devices;
