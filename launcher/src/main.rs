@@ -4,7 +4,7 @@
 //!
 //! Exit status: 0 success, 1 runtime failure, 2 bad definition or usage.
 
-mod definitions;
+mod cli;
 
 use clap::{Parser, Subcommand, ValueEnum};
 use std::ffi::OsString;
@@ -165,12 +165,10 @@ fn main() -> ExitCode {
                 serial_scrollback,
                 serial_client_backlog,
             };
-            definitions::launch(&file, name.as_deref(), &options)
+            cli::launch(&file, name.as_deref(), &options)
         }
-        Command::Validate { files, quiet } => definitions::validate(&files, quiet),
-        Command::Render { file, name, output } => {
-            definitions::render(&file, name.as_deref(), output)
-        }
+        Command::Validate { files, quiet } => cli::validate(&files, quiet),
+        Command::Render { file, name, output } => cli::render(&file, name.as_deref(), output),
         Command::Serial { run_dir, escape } => {
             relay_result(vmpod::helpers::serial::attach(&run_dir, escape.0))
         }

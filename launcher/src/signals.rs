@@ -14,8 +14,8 @@ impl SignalFd {
     pub fn take(signals: &[libc::c_int]) -> std::io::Result<Self> {
         // SAFETY: an empty sigset is filled by sigemptyset before use.
         let mut set: libc::sigset_t = unsafe { std::mem::zeroed() };
-        // SAFETY: `set` is a valid sigset for these calls; blocking the
-        // signals only makes them readable through the signalfd.
+        // Blocking the signals only makes them readable through the signalfd.
+        // SAFETY: `set` is a valid sigset for these calls.
         let fd = unsafe {
             libc::sigemptyset(&mut set);
             for signal in signals {

@@ -131,8 +131,8 @@ impl TerminalMode {
     pub fn character_mode() -> Self {
         // SAFETY: an all-zero termios is valid for tcgetattr to fill.
         let mut saved: libc::termios = unsafe { std::mem::zeroed() };
-        // SAFETY: tcgetattr writes into `saved`; fd 0 may not be a terminal,
-        // in which case it fails and nothing changes.
+        // fd 0 may not be a terminal: then tcgetattr fails and nothing changes.
+        // SAFETY: tcgetattr writes into `saved` only.
         if unsafe { libc::tcgetattr(0, &mut saved) } != 0 {
             return TerminalMode { saved: None };
         }

@@ -41,11 +41,10 @@ pub fn clear(memory: &GuestMemoryMmap) -> Result<(), MemoryError> {
             .map_err(|_| {
                 MemoryError::Release(std::io::Error::other("region has no host mapping"))
             })?;
-        // SAFETY: `host` is the start of a private anonymous mapping of
-        // `region.len()` bytes owned by `memory`; MADV_DONTNEED on it only
-        // replaces its contents with zero pages, which is the intent. No
-        // vCPU runs while memory is cleared.
+        // MADV_DONTNEED only replaces the contents with zero pages, which is
+        // the intent; no vCPU runs while memory is cleared.
         let result =
+            // SAFETY: `host` starts a private anonymous mapping of `region.len()` bytes owned by `memory`.
             unsafe { libc::madvise(host.cast(), region.len() as usize, libc::MADV_DONTNEED) };
         if result != 0 {
             return Err(MemoryError::Release(std::io::Error::last_os_error()));

@@ -507,9 +507,8 @@ fn register_memory(vm: &VmFd, guest_memory: &GuestMemoryMmap) -> Result<(), VmmE
             userspace_addr: host as u64,
             flags: 0,
         };
-        // SAFETY: the region is a live mapping owned by `guest_memory`,
-        // which outlives this VM (the VM is dropped before memory is
-        // cleared or unmapped).
+        // The VM is dropped before guest memory is cleared or unmapped.
+        // SAFETY: the region is a live mapping owned by `guest_memory`, which outlives the VM.
         unsafe { vm.set_user_memory_region(region_spec) }.map_err(kvm_error("map guest memory"))?;
     }
     Ok(())

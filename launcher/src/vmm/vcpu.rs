@@ -97,10 +97,9 @@ fn kick_signal() -> i32 {
 extern "C" fn on_kick(_signal: i32, _info: *mut libc::siginfo_t, _context: *mut libc::c_void) {
     let run = KVM_RUN.with(Cell::get);
     if !run.is_null() {
-        // SAFETY: `run` is this thread's mapped `kvm_run`, set by the vCPU
-        // loop before entering KVM_RUN and cleared before the mapping goes
-        // away; a byte store to `immediate_exit` is what KVM documents for
-        // exactly this purpose.
+        // `run` is set by the vCPU loop before KVM_RUN and cleared before the
+        // mapping goes away; KVM documents this byte store for this purpose.
+        // SAFETY: `run` points at this thread's live, mapped `kvm_run`.
         unsafe { std::ptr::addr_of_mut!((*run).immediate_exit).write_volatile(1) };
     }
 }
@@ -210,8 +209,7 @@ fn run(mut vcpu: VcpuFd, index: usize, shared: &VcpuShared) {
 
 /// Describes a KVM internal error with what KVM and the registers say.
 fn internal_error(vcpu: &mut VcpuFd, index: usize) -> VmRequest {
-    // SAFETY: the exit reason is KVM_EXIT_INTERNAL_ERROR, so `internal` is
-    // the union member KVM filled in.
+    // SAFETY: the exit was KVM_EXIT_INTERNAL_ERROR, so KVM filled in `internal`.
     let internal = unsafe { vcpu.get_kvm_run().__bindgen_anon_1.internal };
     let why = match internal.suberror {
         kvm_bindings::KVM_INTERNAL_ERROR_EMULATION => "an instruction KVM could not emulate",

@@ -1,4 +1,4 @@
-//! The definition commands of the CLI: `validate`, `render`, and finding the
+//! The CLI's definition commands: `validate`, `render`, and finding the
 //! one VM `launch` runs. Prints for people (stdout for results, stderr for
 //! problems); all parsing is `vmpod::spec`'s.
 
