@@ -187,3 +187,37 @@ fn a_missing_initrd_is_named() {
         run.stderr
     );
 }
+
+#[test]
+fn devices_this_vmpod_cannot_build_are_named_not_dropped() {
+    let scratch = Scratch::new("unbuilt-devices");
+    let definition = scratch.definition_with(
+        "unbuilt",
+        &guest("hello.elf"),
+        1,
+        "16Mi",
+        "",
+        "  volumes: [{name: scratch, emptyDisk: {capacity: 1Gi}}]\n",
+    );
+    // Give the guest the disk it names.
+    let text = std::fs::read_to_string(&definition).expect("read").replace(
+        "devices: {autoattachPodInterface: false,",
+        "devices: {disks: [{name: scratch}], autoattachPodInterface: false,",
+    );
+    std::fs::write(&definition, text).expect("write");
+    let run = launch(&definition).finish(WATCHDOG);
+    if skipped_for_kvm(
+        "devices_this_vmpod_cannot_build_are_named_not_dropped",
+        &run,
+    ) {
+        return;
+    }
+    assert!(
+        run.stderr.contains(
+            "does not build virtio devices or a display yet: the guest will not see 1 disk(s)"
+        ),
+        "{}",
+        run.stderr
+    );
+    assert_eq!(run.code, Some(0), "{}", run.stderr);
+}
