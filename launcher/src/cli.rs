@@ -171,7 +171,7 @@ pub fn render(file: &Path, name: Option<&str>, format: Format) -> ExitCode {
     }
 }
 
-pub fn launch(file: &Path, name: Option<&str>, options: &vmpod::vmm::LaunchOptions) -> ExitCode {
+pub fn launch(file: &Path, name: Option<&str>, options: &vmpod::launch::LaunchOptions) -> ExitCode {
     let valid = match load_one(file, name) {
         Ok(valid) => valid,
         Err(code) => return code,
@@ -183,7 +183,7 @@ pub fn launch(file: &Path, name: Option<&str>, options: &vmpod::vmm::LaunchOptio
         config.identity.name,
         summary(config)
     );
-    match vmpod::vmm::run(config, options) {
+    match vmpod::launch::run(config, options) {
         Ok(vmpod::vmm::Outcome::Poweroff) => ExitCode::SUCCESS,
         // Like a process killed by that signal: 143 after SIGTERM.
         Ok(vmpod::vmm::Outcome::ForcedStop(signal)) => {

@@ -2,12 +2,16 @@
 //! builds a KVM microVM in its own process and serves the VM's consoles as
 //! Unix sockets that the `/vm/*` helpers relay to stdio.
 //!
-//! Data flows one way: `spec` (definitions → `VmConfig`) → `vmm` → `devices`.
+//! Imports point one way (checked by `tests/architecture.rs`):
+//! `launch` → `control`, `vmm` → `devices` → `api`; `spec` feeds `vmm`,
+//! `control` and `launch`; `helpers` need only `api` and `signals`.
+//! `vmm` and `control` never import each other: they talk through `api`.
 
+pub mod api;
 pub mod control;
 pub mod devices;
 pub mod helpers;
-pub mod lifecycle;
+pub mod launch;
 pub mod logging;
 pub mod signals;
 pub mod spec;

@@ -11,7 +11,7 @@ use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use vmpod::control::rundir::{MONITOR_SOCKET, QMP_SOCKET};
+use vmpod::api::{DEFAULT_RUN_DIR, MONITOR_SOCKET, QMP_SOCKET};
 
 const AFTER_HELP: &str = "\
 In a pod, the image's entrypoint runs `vmpod launch`. Reach the VM with:
@@ -50,7 +50,7 @@ enum Command {
         #[arg(long)]
         name: Option<String>,
         /// Where the control sockets go (serial.sock, …)
-        #[arg(long, env = "VMPOD_RUN_DIR", default_value = vmpod::control::rundir::DEFAULT_RUN_DIR, value_name = "DIR")]
+        #[arg(long, env = "VMPOD_RUN_DIR", default_value = DEFAULT_RUN_DIR, value_name = "DIR")]
         run_dir: PathBuf,
         /// Bytes of console output replayed to a serial client when it attaches
         #[arg(long, default_value_t = vmpod::control::serial::DEFAULT_SCROLLBACK, value_name = "BYTES")]
@@ -82,7 +82,7 @@ enum Command {
     /// Attach to the VM's serial console (also as /vm/serial)
     Serial {
         /// The run directory of the vmpod to attach to
-        #[arg(long, env = "VMPOD_RUN_DIR", default_value = vmpod::control::rundir::DEFAULT_RUN_DIR, value_name = "DIR")]
+        #[arg(long, env = "VMPOD_RUN_DIR", default_value = DEFAULT_RUN_DIR, value_name = "DIR")]
         run_dir: PathBuf,
         /// Key that detaches an interactive session: ^] (default), ^ and a letter, or none
         #[arg(long, default_value = "^]", value_parser = vmpod::helpers::terminal::parse_escape)]
@@ -90,19 +90,19 @@ enum Command {
     },
     /// Open the VM's human monitor (also as /vm/monitor)
     Monitor {
-        #[arg(long, env = "VMPOD_RUN_DIR", default_value = vmpod::control::rundir::DEFAULT_RUN_DIR, value_name = "DIR")]
+        #[arg(long, env = "VMPOD_RUN_DIR", default_value = DEFAULT_RUN_DIR, value_name = "DIR")]
         run_dir: PathBuf,
     },
     /// Relay the VM's QMP socket to stdio (also as /vm/qmp)
     Qmp {
-        #[arg(long, env = "VMPOD_RUN_DIR", default_value = vmpod::control::rundir::DEFAULT_RUN_DIR, value_name = "DIR")]
+        #[arg(long, env = "VMPOD_RUN_DIR", default_value = DEFAULT_RUN_DIR, value_name = "DIR")]
         run_dir: PathBuf,
     },
     /// Relay the VM's VNC socket to stdio (also as /vm/vnc)
     Vnc,
     /// Exit 0 once the VM is ready, for an exec readinessProbe (also as /vm/ready)
     Ready {
-        #[arg(long, env = "VMPOD_RUN_DIR", default_value = vmpod::control::rundir::DEFAULT_RUN_DIR, value_name = "DIR")]
+        #[arg(long, env = "VMPOD_RUN_DIR", default_value = DEFAULT_RUN_DIR, value_name = "DIR")]
         run_dir: PathBuf,
     },
 }
@@ -160,7 +160,7 @@ fn main() -> ExitCode {
             serial_scrollback,
             serial_client_backlog,
         } => {
-            let options = vmpod::vmm::LaunchOptions {
+            let options = vmpod::launch::LaunchOptions {
                 run_dir,
                 serial_scrollback,
                 serial_client_backlog,

@@ -1,9 +1,10 @@
 //! The human monitor's commands (`/vm/monitor`, and QMP's
 //! `human-monitor-command`): one line in, text out, in QEMU's wording where
-//! QEMU has one.
+//! QEMU has one. `stop` and `cont` answer once the VM has changed state.
+//!
+//! Control thread.
 
-use super::VmControl;
-use crate::lifecycle::Status;
+use super::{VmControl, Wait};
 
 const HELP: &str = "\
 cont                 resume the VM
@@ -16,51 +17,68 @@ system_powerdown     press the ACPI power button
 system_reset         reset the VM (it boots again)
 ";
 
-/// Runs one monitor command line and returns what the monitor prints.
-pub fn run(line: &str, vm: &VmControl) -> String {
+/// What a command line printed, and the status its answer waits for.
+pub struct Reply {
+    pub text: String,
+    pub wait: Wait,
+}
+
+fn now(text: impl Into<String>) -> Reply {
+    Reply {
+        text: text.into(),
+        wait: None,
+    }
+}
+
+fn waiting(result: Result<Wait, String>) -> Reply {
+    match result {
+        Ok(wait) => Reply {
+            text: String::new(),
+            wait,
+        },
+        Err(error) => now(error + "\n"),
+    }
+}
+
+/// Runs one monitor command line; the text uses CRLF line ends.
+pub fn run(line: &str, vm: &VmControl) -> Reply {
     let words: Vec<&str> = line.split_whitespace().collect();
-    let text = match words.as_slice() {
-        [] => String::new(),
-        ["help"] | ["?"] => HELP.to_owned(),
-        ["info", what] => info(what, vm),
-        ["info"] => "info status|version|name|uuid|cpus|block\n".to_owned(),
-        ["stop"] => vm.pause().err().map(|e| e + "\n").unwrap_or_default(),
-        ["cont"] | ["c"] => vm.resume().err().map(|e| e + "\n").unwrap_or_default(),
+    let mut reply = match words.as_slice() {
+        [] => now(""),
+        ["help"] | ["?"] => now(HELP),
+        ["info", what] => now(info(what, vm)),
+        ["info"] => now("info status|version|name|uuid|cpus|block\n"),
+        ["stop"] => waiting(vm.pause()),
+        ["cont"] | ["c"] => waiting(vm.resume()),
         ["system_reset"] => {
             vm.reset();
-            String::new()
+            now("")
         }
         ["system_powerdown"] => {
             vm.powerdown();
-            String::new()
+            now("")
         }
         ["sendkey", keys] => {
             let qcodes: Vec<&str> = keys.split('-').collect();
-            vm.send_keys(&qcodes)
+            now(vm
+                .send_keys(&qcodes)
                 .err()
                 .map(|e| e + "\n")
-                .unwrap_or_default()
+                .unwrap_or_default())
         }
         ["quit"] | ["q"] => {
             vm.quit();
-            String::new()
+            now("")
         }
-        [command, ..] => format!("unknown command: '{command}' (try 'help')\n"),
+        [command, ..] => now(format!("unknown command: '{command}' (try 'help')\n")),
     };
-    text.replace('\n', "\r\n")
+    reply.text = reply.text.replace('\n', "\r\n");
+    reply
 }
 
 fn info(what: &str, vm: &VmControl) -> String {
     match what {
-        "status" => {
-            let status = match vm.status.get() {
-                Status::Running => "running",
-                Status::Paused => "paused",
-                Status::Shutdown => "shutdown",
-                Status::Starting => "prelaunch",
-            };
-            format!("VM status: {status}\n")
-        }
+        "status" => format!("VM status: {}\n", vm.status.get().qemu_name()),
         "version" => format!("vmpod {}\n", env!("CARGO_PKG_VERSION")),
         "name" => format!("{}\n", vm.name),
         "uuid" => format!("{}\n", vm.uuid),

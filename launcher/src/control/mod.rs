@@ -1,12 +1,14 @@
 //! The control plane: Unix sockets in the run directory through which the
 //! `/vm/*` helpers and QMP clients reach the VM. Runs on its own thread
-//! (`control`): one epoll loop for every socket. It reaches the VMM only
-//! through requests and the shared lifecycle status and events.
+//! (`control`): one epoll loop for every socket, which never waits for
+//! the VMM. It reaches the VMM only through `api`: commands out, events
+//! and the shared status in, typed console input through a socket.
 
 pub mod hmp;
 pub mod monitor;
 pub mod outbox;
 pub mod qmp;
+pub mod qmp_commands;
 pub mod rundir;
 pub mod serial;
 
@@ -19,8 +21,7 @@ use serde_json::{json, Value};
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 use vmm_sys_util::eventfd::EventFd;
 
-use crate::devices::{RequestSender, VmRequest};
-use crate::lifecycle::{EventReceiver, SharedStatus, Status};
+use crate::api::{keys, Command, CommandSender, Event, EventReceiver, SharedStatus, Status};
 use crate::spec::config::CpuTopology;
 
 /// What the control plane may know of and ask of the VM.
@@ -29,48 +30,63 @@ pub struct VmControl {
     pub uuid: String,
     pub topology: CpuTopology,
     pub status: SharedStatus,
-    pub requests: RequestSender,
+    pub commands: CommandSender,
 }
 
+/// A command's answer: now, or once the VM has reached a status.
+pub type Wait = Option<Status>;
+
 impl VmControl {
-    fn ask(&self, request: VmRequest) {
+    fn ask(&self, command: Command) {
         // The VMM is gone only when the VM has ended; nothing to do then.
-        let _ = self.requests.send(request);
+        self.commands.send(command);
     }
 
-    /// Pauses the vCPUs; returns once they are paused.
-    pub fn pause(&self) -> Result<(), String> {
-        if self.status.get() == Status::Running {
-            self.ask(VmRequest::Pause);
-            qmp::wait_for_status(self, Status::Paused)?;
+    /// Pauses the vCPUs; the answer waits for the VM to be paused.
+    pub fn pause(&self) -> Result<Wait, String> {
+        match self.status.get() {
+            Status::Running => {
+                self.ask(Command::Pause);
+                Ok(Some(Status::Paused))
+            }
+            Status::Paused => Ok(None),
+            other => Err(format!(
+                "the VM is {}; it cannot be paused",
+                other.qemu_name()
+            )),
         }
-        Ok(())
     }
 
-    pub fn resume(&self) -> Result<(), String> {
-        if self.status.get() == Status::Paused {
-            self.ask(VmRequest::Resume);
-            qmp::wait_for_status(self, Status::Running)?;
+    /// Resumes the vCPUs; the answer waits for the VM to be running.
+    pub fn resume(&self) -> Result<Wait, String> {
+        match self.status.get() {
+            Status::Paused => {
+                self.ask(Command::Resume);
+                Ok(Some(Status::Running))
+            }
+            Status::Running => Ok(None),
+            other => Err(format!(
+                "the VM is {}; it cannot be resumed",
+                other.qemu_name()
+            )),
         }
-        Ok(())
     }
 
     pub fn reset(&self) {
-        self.ask(VmRequest::Reset("a system_reset command"));
+        self.ask(Command::Reset);
     }
 
     pub fn powerdown(&self) {
-        self.ask(VmRequest::Powerdown);
+        self.ask(Command::Powerdown);
     }
 
     pub fn quit(&self) {
-        self.ask(VmRequest::Quit);
+        self.ask(Command::Quit);
     }
 
     /// Presses the named keys together (qcodes) and lets them go.
     pub fn send_keys(&self, qcodes: &[&str]) -> Result<(), String> {
-        let scancodes = crate::devices::legacy::keys::chord(qcodes)?;
-        self.ask(VmRequest::SendKeys(scancodes));
+        self.ask(Command::Keys(keys::chord(qcodes)?));
         Ok(())
     }
 
@@ -134,65 +150,57 @@ impl Client {
             Client::Monitor(client) => client.on_readable(vm),
         }
     }
+
+    /// The VM reached `status`: answers a command that waited for it.
+    fn on_status(&mut self, status: Status, vm: &VmControl) {
+        match self {
+            Client::Qmp(client) => client.on_status(status, vm),
+            Client::Monitor(client) => client.on_status(status, vm),
+        }
+    }
 }
 
 pub struct ControlLoop {
     epoll: Arc<Epoll>,
     serial: serial::SerialServer,
+    hub: Arc<serial::SerialHub>,
     listeners: Listeners,
     clients: Vec<(u64, Client)>,
     next_client: u64,
     events: EventReceiver,
     vm: VmControl,
-    ready: Readiness,
-}
-
-/// What `/vm/ready` waits for.
-pub struct Readiness {
-    /// Set once the serial pattern appeared (or from the start without one).
-    pub pattern_seen: Arc<std::sync::atomic::AtomicBool>,
-    pub pattern: Option<String>,
+    ready_pattern: Option<String>,
 }
 
 impl ControlLoop {
     pub fn new(
         epoll: Arc<Epoll>,
         serial: serial::SerialServer,
+        hub: Arc<serial::SerialHub>,
         listeners: Listeners,
         events: EventReceiver,
         vm: VmControl,
-        ready: Readiness,
+        ready_pattern: Option<String>,
     ) -> std::io::Result<Self> {
         let readable = |data| EpollEvent::new(EventSet::IN, data);
-        epoll.ctl(
-            ControlOperation::Add,
-            listeners.qmp.as_raw_fd(),
-            readable(QMP_LISTENER),
-        )?;
-        epoll.ctl(
-            ControlOperation::Add,
-            listeners.monitor.as_raw_fd(),
-            readable(MONITOR_LISTENER),
-        )?;
-        epoll.ctl(
-            ControlOperation::Add,
-            listeners.ready.as_raw_fd(),
-            readable(READY_LISTENER),
-        )?;
-        epoll.ctl(
-            ControlOperation::Add,
-            events.wake.as_raw_fd(),
-            readable(EVENTS),
-        )?;
+        for (fd, token) in [
+            (listeners.qmp.as_raw_fd(), QMP_LISTENER),
+            (listeners.monitor.as_raw_fd(), MONITOR_LISTENER),
+            (listeners.ready.as_raw_fd(), READY_LISTENER),
+            (events.as_raw_fd(), EVENTS),
+        ] {
+            epoll.ctl(ControlOperation::Add, fd, readable(token))?;
+        }
         Ok(ControlLoop {
             epoll,
             serial,
+            hub,
             listeners,
             clients: Vec::new(),
             next_client: 0,
             events,
             vm,
-            ready,
+            ready_pattern,
         })
     }
 
@@ -205,12 +213,7 @@ impl ControlLoop {
         )?;
         let mut events = vec![EpollEvent::default(); 32];
         loop {
-            let timeout = if self.serial.has_waiting_input() {
-                10
-            } else {
-                -1
-            };
-            let count = match self.epoll.wait(timeout, &mut events) {
+            let count = match self.epoll.wait(-1, &mut events) {
                 Ok(count) => count,
                 Err(error) if error.kind() == ErrorKind::Interrupted => continue,
                 Err(error) => return Err(error),
@@ -290,33 +293,37 @@ impl ControlLoop {
     /// `/vm/ready`: one line, then the connection closes.
     fn answer_readiness(&mut self) {
         while let Ok((mut stream, _)) = self.listeners.ready.accept() {
-            let answer = match (self.vm.status.get(), &self.ready.pattern) {
-                (Status::Running, _)
-                    if self
-                        .ready
-                        .pattern_seen
-                        .load(std::sync::atomic::Ordering::SeqCst) =>
-                {
-                    "ready\n".to_owned()
-                }
+            let pattern_seen = self
+                .hub
+                .ready_seen()
+                .load(std::sync::atomic::Ordering::SeqCst);
+            let answer = match (self.vm.status.get(), &self.ready_pattern) {
+                (Status::Running, _) if pattern_seen => "ready\n".to_owned(),
                 (Status::Running, Some(pattern)) => {
                     format!("not ready: {pattern:?} has not appeared on the serial console\n")
                 }
-                (status, _) => format!(
-                    "not ready: the VM is {}\n",
-                    format!("{status:?}").to_lowercase()
-                ),
+                (status, _) => format!("not ready: the VM is {}\n", status.qemu_name()),
             };
             let _ = std::io::Write::write_all(&mut stream, answer.as_bytes());
         }
     }
 
+    /// Passes the VMM's events to QMP clients, and answers the commands
+    /// that waited for the status an event says the VM has reached.
     fn broadcast_events(&mut self) {
-        let _ = self.events.wake.read();
-        while let Ok(event) = self.events.receiver.try_recv() {
+        for event in self.events.drain() {
+            if event.event == Event::Reset {
+                // The new boot must show the ready pattern again.
+                self.hub.forget_ready_pattern();
+            }
             for (_, client) in &mut self.clients {
                 if let Client::Qmp(client) = client {
                     client.send_event(&event);
+                }
+            }
+            if let Some(status) = event.event.status_reached() {
+                for (_, client) in &mut self.clients {
+                    client.on_status(status, &self.vm);
                 }
             }
         }

@@ -1,45 +1,46 @@
 //! QMP, the QEMU Machine Protocol, as QEMU's own client libraries expect
 //! it: a greeting, `qmp_capabilities` negotiation, commands answered with
-//! `return` or `error` (QEMU's error classes), the request `id` echoed, and
-//! asynchronous events with timestamps. Input is a stream of JSON objects
-//! (not lines); every reply and event ends with CRLF.
+//! `return` or `error` (QEMU's error classes) in the order they came, the
+//! request `id` echoed, and asynchronous events with timestamps. Input is
+//! a stream of JSON objects (not lines); every reply and event ends with
+//! CRLF. A malformed value is answered with an error and skipped up to the
+//! next line, where the client resynchronises.
 //!
-//! Runs on the control thread. Reaches the VMM only through requests and
-//! the shared lifecycle status.
+//! Runs on the control thread. A command whose answer waits for the VM
+//! (`stop`, `cont`) holds back this client's later commands, never the
+//! thread: the answer goes out when the VMM's event arrives.
 
+use std::collections::VecDeque;
 use std::os::unix::net::UnixStream;
-use std::time::{Duration, Instant, UNIX_EPOCH};
+use std::time::UNIX_EPOCH;
 
 use serde_json::{json, Map, Value};
 
-use super::hmp;
 use super::outbox::{on_readable, Connection, Outbox};
+use super::qmp_commands::{self, generic, version_numbers, Failure};
 use super::VmControl;
-use crate::lifecycle::{Status, Timed};
+use crate::api::{Status, Timed};
 
 /// Input beyond this without a complete JSON value is refused.
 pub const MAX_INPUT: usize = 1024 * 1024;
 /// A client this far behind on replies and events is detached.
 const MAX_BACKLOG: usize = 4 * 1024 * 1024;
+/// Commands held behind a pending answer at most; more are refused.
+const MAX_HELD: usize = 1024;
 
-/// The commands vmpod implements, as `query-commands` lists them.
-pub const COMMANDS: &[&str] = &[
-    "qmp_capabilities",
-    "query-status",
-    "query-version",
-    "query-name",
-    "query-uuid",
-    "query-cpus-fast",
-    "query-block",
-    "query-commands",
-    "stop",
-    "cont",
-    "system_reset",
-    "system_powerdown",
-    "quit",
-    "human-monitor-command",
-    "send-key",
-];
+/// Input that came while an answer was pending, in order.
+enum Held {
+    Command(Value),
+    /// An error reply for input that could not be parsed.
+    Error(Value),
+}
+
+/// An answer that waits for the VM to reach `wanted`.
+struct Pending {
+    id: Option<Value>,
+    value: Value,
+    wanted: Status,
+}
 
 pub struct QmpClient {
     pub outbox: Outbox,
@@ -47,6 +48,8 @@ pub struct QmpClient {
     /// Skipping an over-long value until the next line.
     discarding: bool,
     negotiated: bool,
+    pending: Option<Pending>,
+    held: VecDeque<Held>,
 }
 
 impl QmpClient {
@@ -56,6 +59,8 @@ impl QmpClient {
             input: Vec::new(),
             discarding: false,
             negotiated: false,
+            pending: None,
+            held: VecDeque::new(),
         };
         client.send(&greeting(vm));
         client
@@ -84,7 +89,8 @@ impl QmpClient {
             }
         }
         self.input.extend_from_slice(bytes);
-        self.handle_complete_values(vm);
+        // Each round stops at a bad line (skipping it); the next goes on.
+        while self.handle_complete_values(vm) {}
         if self.input.len() > MAX_INPUT {
             self.input.clear();
             self.discarding = true;
@@ -92,7 +98,9 @@ impl QmpClient {
         }
     }
 
-    fn handle_complete_values(&mut self, vm: &VmControl) {
+    /// Answers the complete values in the input; true when it stopped at a
+    /// bad line and skipped it, so that more may follow.
+    fn handle_complete_values(&mut self, vm: &VmControl) -> bool {
         let mut consumed = 0;
         let mut stream = serde_json::Deserializer::from_slice(&self.input).into_iter::<Value>();
         let mut values = Vec::new();
@@ -115,9 +123,9 @@ impl QmpClient {
             }
         }
         for value in values {
-            let reply = self.execute(value, vm);
-            self.send(&reply);
+            self.dispatch(value, vm);
         }
+        let resync = parse_error.is_some();
         if let Some(failure) = parse_error {
             // Skip the rest of the bad line; the next line starts afresh.
             let rest = &self.input[consumed..];
@@ -125,51 +133,164 @@ impl QmpClient {
                 .iter()
                 .position(|b| *b == b'\n')
                 .map_or(rest.len(), |at| at + 1);
-            self.send(&error(
+            let reply = error(
                 "GenericError",
                 &format!("JSON parse error, {failure}"),
                 None,
-            ));
+            );
+            self.answer_in_turn(reply);
         }
         self.input.drain(..consumed);
+        resync && !self.input.is_empty()
     }
 
-    fn execute(&mut self, message: Value, vm: &VmControl) -> Value {
+    /// Runs a command now, or holds it behind a pending answer.
+    fn dispatch(&mut self, value: Value, vm: &VmControl) {
+        if self.pending.is_none() {
+            self.execute(value, vm);
+        } else if self.held.len() < MAX_HELD {
+            self.held.push_back(Held::Command(value));
+        } else {
+            self.send(&error(
+                "GenericError",
+                "too many commands while an answer is pending: command ignored",
+                None,
+            ));
+        }
+    }
+
+    /// An answer that must keep its place behind a pending one.
+    fn answer_in_turn(&mut self, reply: Value) {
+        if self.pending.is_some() {
+            self.held.push_back(Held::Error(reply));
+        } else {
+            self.send(&reply);
+        }
+    }
+
+    fn execute(&mut self, message: Value, vm: &VmControl) {
+        match self.answer(message, vm) {
+            Ok((
+                id,
+                qmp_commands::Answer {
+                    value,
+                    wait: Some(wanted),
+                },
+            )) => {
+                self.pending = Some(Pending { id, value, wanted });
+            }
+            Ok((id, qmp_commands::Answer { value, wait: None })) => {
+                self.send(&with_id(json!({ "return": value }), id));
+            }
+            Err(reply) => self.send(&reply),
+        }
+    }
+
+    /// Checks the envelope and runs the command; `Err` is the error reply.
+    fn answer(
+        &mut self,
+        message: Value,
+        vm: &VmControl,
+    ) -> Result<(Option<Value>, qmp_commands::Answer), Value> {
         let Value::Object(mut message) = message else {
-            return error("GenericError", "QMP input must be a JSON object", None);
+            return Err(error(
+                "GenericError",
+                "QMP input must be a JSON object",
+                None,
+            ));
         };
         let id = message.remove("id");
         let Some(Value::String(command)) = message.remove("execute") else {
-            return error("GenericError", "QMP input lacks member 'execute'", id);
+            return Err(error(
+                "GenericError",
+                "QMP input lacks member 'execute'",
+                id,
+            ));
         };
         let arguments = match message.remove("arguments") {
             None => Map::new(),
             Some(Value::Object(arguments)) => arguments,
             Some(_) => {
-                return error(
+                return Err(error(
                     "GenericError",
                     "QMP input member 'arguments' must be an object",
                     id,
-                )
+                ))
             }
         };
         if let Some(unknown) = message.keys().next() {
-            return error(
+            return Err(error(
                 "GenericError",
                 &format!("QMP input member '{unknown}' is unexpected"),
                 id,
-            );
+            ));
         }
-        if !self.negotiated && command != "qmp_capabilities" {
-            return error(
-                "CommandNotFound",
-                "Expecting capabilities negotiation with 'qmp_capabilities'",
-                id,
-            );
+        let result = if command == "qmp_capabilities" {
+            self.negotiate(&arguments)
+        } else if !self.negotiated {
+            Err((
+                "CommandNotFound".into(),
+                "Expecting capabilities negotiation with 'qmp_capabilities'".into(),
+            ))
+        } else {
+            qmp_commands::run(&command, &arguments, vm)
+        };
+        match result {
+            Ok(answer) => Ok((id, answer)),
+            Err((class, description)) => Err(error(&class, &description, id)),
         }
-        match run_command(&command, &arguments, vm, &mut self.negotiated) {
-            Ok(result) => with_id(json!({ "return": result }), id),
-            Err((class, description)) => error(&class, &description, id),
+    }
+
+    fn negotiate(
+        &mut self,
+        arguments: &Map<String, Value>,
+    ) -> Result<qmp_commands::Answer, Failure> {
+        if self.negotiated {
+            return Err((
+                "CommandNotFound".into(),
+                "Capabilities negotiation is already complete, command ignored".into(),
+            ));
+        }
+        if let Some(enable) = arguments.get("enable") {
+            if enable.as_array().is_none_or(|list| !list.is_empty()) {
+                return Err(generic("vmpod offers no optional QMP capabilities"));
+            }
+        }
+        self.negotiated = true;
+        Ok(qmp_commands::Answer {
+            value: json!({}),
+            wait: None,
+        })
+    }
+
+    /// The VM reached `status`: sends the answer that waited for it (an
+    /// error if the VM shut down instead), then runs the held commands.
+    pub fn on_status(&mut self, status: Status, vm: &VmControl) {
+        let Some(pending) = self
+            .pending
+            .take_if(|p| p.wanted == status || status == Status::Shutdown)
+        else {
+            return;
+        };
+        let reply = if pending.wanted == status {
+            with_id(json!({ "return": pending.value }), pending.id)
+        } else {
+            error(
+                "GenericError",
+                &format!(
+                    "the VM shut down before it was {}",
+                    pending.wanted.qemu_name()
+                ),
+                pending.id,
+            )
+        };
+        self.send(&reply);
+        while self.pending.is_none() {
+            match self.held.pop_front() {
+                Some(Held::Command(command)) => self.execute(command, vm),
+                Some(Held::Error(reply)) => self.send(&reply),
+                None => break,
+            }
         }
     }
 
@@ -199,17 +320,6 @@ fn greeting(vm: &VmControl) -> Value {
     })
 }
 
-fn version_numbers() -> (u64, u64, u64) {
-    let mut parts = env!("CARGO_PKG_VERSION")
-        .split('.')
-        .map(|p| p.parse().unwrap_or(0));
-    (
-        parts.next().unwrap_or(0),
-        parts.next().unwrap_or(0),
-        parts.next().unwrap_or(0),
-    )
-}
-
 fn with_id(mut reply: Value, id: Option<Value>) -> Value {
     if let (Some(id), Value::Object(map)) = (id, &mut reply) {
         map.insert("id".into(), id);
@@ -224,174 +334,6 @@ fn error(class: &str, description: &str, id: Option<Value>) -> Value {
     )
 }
 
-type CommandResult = Result<Value, (String, String)>;
-
-fn generic(description: impl Into<String>) -> (String, String) {
-    ("GenericError".into(), description.into())
-}
-
-fn no_arguments(command: &str, arguments: &Map<String, Value>) -> Result<(), (String, String)> {
-    match arguments.keys().next() {
-        Some(name) => Err(generic(format!(
-            "Parameter '{name}' is unexpected for '{command}'"
-        ))),
-        None => Ok(()),
-    }
-}
-
-/// Runs one command (after the envelope was checked).
-fn run_command(
-    command: &str,
-    arguments: &Map<String, Value>,
-    vm: &VmControl,
-    negotiated: &mut bool,
-) -> CommandResult {
-    if command == "human-monitor-command" {
-        return human_monitor_command(arguments, vm);
-    }
-    if command == "send-key" {
-        return send_key(arguments, vm);
-    }
-    if command == "qmp_capabilities" {
-        if *negotiated {
-            return Err((
-                "CommandNotFound".into(),
-                "Capabilities negotiation is already complete, command ignored".into(),
-            ));
-        }
-        if let Some(enable) = arguments.get("enable") {
-            if enable.as_array().is_none_or(|list| !list.is_empty()) {
-                return Err(generic("vmpod offers no optional QMP capabilities"));
-            }
-        }
-        *negotiated = true;
-        return Ok(json!({}));
-    }
-    if !COMMANDS.contains(&command) {
-        return Err((
-            "CommandNotFound".into(),
-            format!("The command {command} has not been found"),
-        ));
-    }
-    no_arguments(command, arguments)?;
-    query_or_act(command, vm)
-}
-
-fn query_or_act(command: &str, vm: &VmControl) -> CommandResult {
-    Ok(match command {
-        "query-status" => {
-            let status = vm.status.get();
-            let name = match status {
-                Status::Running => "running",
-                Status::Paused => "paused",
-                Status::Shutdown => "shutdown",
-                Status::Starting => "prelaunch",
-            };
-            json!({ "running": status == Status::Running, "singlestep": false, "status": name })
-        }
-        "query-version" => {
-            let (major, minor, micro) = version_numbers();
-            json!({ "qemu": { "major": major, "minor": minor, "micro": micro }, "package": format!("vmpod {}", env!("CARGO_PKG_VERSION")) })
-        }
-        "query-name" => json!({ "name": vm.name }),
-        "query-uuid" => json!({ "UUID": vm.uuid }),
-        "query-cpus-fast" => Value::Array(vm.cpus_fast()),
-        "query-block" => json!([]), // vmpod attaches no block devices yet
-        "query-commands" => Value::Array(
-            COMMANDS
-                .iter()
-                .map(|name| json!({ "name": name }))
-                .collect(),
-        ),
-        "stop" => {
-            vm.pause().map_err(generic)?;
-            json!({})
-        }
-        "cont" => {
-            vm.resume().map_err(generic)?;
-            json!({})
-        }
-        "system_reset" => {
-            vm.reset();
-            json!({})
-        }
-        "system_powerdown" => {
-            vm.powerdown();
-            json!({})
-        }
-        "quit" => {
-            vm.quit();
-            json!({})
-        }
-        other => {
-            return Err((
-                "CommandNotFound".into(),
-                format!("The command {other} has not been found"),
-            ))
-        }
-    })
-}
-
-fn human_monitor_command(arguments: &Map<String, Value>, vm: &VmControl) -> CommandResult {
-    let command_line = match arguments.get("command-line") {
-        Some(Value::String(line)) => line,
-        Some(_) => {
-            return Err(generic(
-                "Invalid parameter type for 'command-line', expected: string",
-            ))
-        }
-        None => return Err(generic("Parameter 'command-line' is missing")),
-    };
-    if let Some(name) = arguments
-        .keys()
-        .find(|k| *k != "command-line" && *k != "cpu-index")
-    {
-        return Err(generic(format!("Parameter '{name}' is unexpected")));
-    }
-    Ok(Value::String(hmp::run(command_line, vm)))
-}
-
-/// `send-key`: `{"keys": [{"type": "qcode", "data": "ctrl"}, …], "hold-time": ms}`.
-fn send_key(arguments: &Map<String, Value>, vm: &VmControl) -> CommandResult {
-    let Some(Value::Array(keys)) = arguments.get("keys") else {
-        return Err(generic("Parameter 'keys' is missing or not a list"));
-    };
-    if let Some(name) = arguments.keys().find(|k| *k != "keys" && *k != "hold-time") {
-        return Err(generic(format!("Parameter '{name}' is unexpected")));
-    }
-    let mut qcodes = Vec::with_capacity(keys.len());
-    for key in keys {
-        match (
-            key.get("type").and_then(Value::as_str),
-            key.get("data").and_then(Value::as_str),
-        ) {
-            (Some("qcode"), Some(qcode)) => qcodes.push(qcode),
-            _ => {
-                return Err(generic(
-                    "each key must be {\"type\": \"qcode\", \"data\": NAME}",
-                ))
-            }
-        }
-    }
-    if qcodes.is_empty() {
-        return Err(generic("Parameter 'keys' must name at least one key"));
-    }
-    vm.send_keys(&qcodes).map_err(generic)?;
-    Ok(json!({}))
-}
-
-/// Waits (briefly, on the control thread) for the VMM to reach `wanted`.
-pub fn wait_for_status(vm: &VmControl, wanted: Status) -> Result<(), String> {
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while vm.status.get() != wanted {
-        if vm.status.get() == Status::Shutdown || Instant::now() > deadline {
-            return Err(format!("the VM did not become {wanted:?}"));
-        }
-        std::thread::sleep(Duration::from_millis(1));
-    }
-    Ok(())
-}
-
 impl Connection for QmpClient {
     fn outbox(&mut self) -> &mut Outbox {
         &mut self.outbox
@@ -401,3 +343,7 @@ impl Connection for QmpClient {
         self.handle_input(bytes, vm);
     }
 }
+
+#[cfg(test)]
+#[path = "qmp_tests.rs"]
+mod tests;

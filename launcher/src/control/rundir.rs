@@ -1,19 +1,18 @@
-//! The run directory (default `/vm/run`): one Unix socket per service,
-//! created 0600, and a socket left by an earlier vmpod replaced only when
-//! nothing answers on it (a live vmpod keeps its socket).
+//! The run directory (default `/vm/run`): created 0700, one Unix socket
+//! per service, created 0600, and a socket left by an earlier vmpod
+//! replaced only when nothing answers on it (a live vmpod keeps its socket).
+//!
+//! Used by `launch` on the main thread before the control thread starts.
 
 use std::io::ErrorKind;
-use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, FileTypeExt, PermissionsExt};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 
-pub const DEFAULT_RUN_DIR: &str = "/vm/run";
+pub use crate::api::{DEFAULT_RUN_DIR, MONITOR_SOCKET, QMP_SOCKET, READY_SOCKET, SERIAL_SOCKET};
+
 /// The helpers `launch` links beside the run directory.
 pub const HELPER_ROLES: [&str; 4] = ["serial", "monitor", "qmp", "ready"];
-pub const SERIAL_SOCKET: &str = "serial.sock";
-pub const QMP_SOCKET: &str = "qmp.sock";
-pub const MONITOR_SOCKET: &str = "monitor.sock";
-pub const READY_SOCKET: &str = "ready.sock";
 
 #[derive(Debug, thiserror::Error)]
 pub enum RunDirError {
@@ -42,13 +41,23 @@ pub struct RunDir {
 }
 
 impl RunDir {
-    /// Creates the directory (0700 when vmpod creates it).
+    /// Creates the directory, 0700 whatever the umask, with any missing
+    /// parents; a directory that exists (a mounted emptyDir) is kept as it is.
     pub fn create(path: &Path) -> Result<Self, RunDirError> {
         let create_error = |source| RunDirError::Create {
             path: path.to_owned(),
             source,
         };
-        std::fs::create_dir_all(path).map_err(create_error)?;
+        if !path.is_dir() {
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(path)
+                .map_err(create_error)?;
+            // The umask may have taken bits the mode asked for; it never adds any.
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o700))
+                .map_err(create_error)?;
+        }
         Ok(RunDir {
             path: path.to_owned(),
         })
@@ -144,6 +153,20 @@ mod tests {
             "a stale socket is replaced"
         );
         std::fs::remove_dir_all(&dir).ok();
+    }
+
+    #[test]
+    fn a_new_run_directory_is_private_whatever_the_umask() {
+        let dir = scratch("mode").join("nested");
+        // SAFETY: umask only swaps the process's file mode mask.
+        let old = unsafe { libc::umask(0o002) };
+        let created = RunDir::create(&dir);
+        // SAFETY: restores the mask read above.
+        unsafe { libc::umask(old) };
+        created.expect("create");
+        let mode = std::fs::metadata(&dir).expect("stat").permissions().mode();
+        assert_eq!(mode & 0o777, 0o700);
+        std::fs::remove_dir_all(dir.parent().expect("parent")).ok();
     }
 
     #[test]

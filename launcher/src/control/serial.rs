@@ -1,6 +1,7 @@
-//! The serial console hub: guest output goes to the container's stdout (for
-//! `kubectl logs`), into a scrollback buffer, and to every attached client;
-//! what any client types goes to the guest.
+//! The serial console hub: guest output goes into a scrollback buffer and
+//! to every attached client; what any client types goes to the guest
+//! through the typed-input socket the VMM reads (as fast as the guest
+//! takes it). The container's stdout is the VMM's business, not the hub's.
 //!
 //! Guest output arrives on vCPU threads and only ever appends to bounded
 //! buffers, then wakes the control thread, which does all socket I/O
@@ -17,8 +18,6 @@ use std::sync::{Arc, Mutex};
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 use vmm_sys_util::eventfd::EventFd;
 
-use crate::devices::legacy::serial::SerialPort;
-
 pub const DEFAULT_SCROLLBACK: usize = 64 * 1024;
 /// How far one client may fall behind before it is detached, by default.
 pub const DEFAULT_CLIENT_BACKLOG: usize = 1024 * 1024;
@@ -26,6 +25,9 @@ pub const DEFAULT_CLIENT_BACKLOG: usize = 1024 * 1024;
 const CLIENT_SOCKET_BUFFER: libc::c_int = 32 * 1024;
 /// At most this many clients at once (one thread serves them all).
 pub const MAX_CLIENTS: usize = 64;
+/// Typed bytes held for a guest that reads slowly; past this, clients are
+/// not read until it catches up.
+const TYPED_LIMIT: usize = 1024 * 1024;
 const DETACH_NOTICE: &[u8] =
     b"\r\n[vmpod: this client fell too far behind the serial console and was detached]\r\n";
 
@@ -34,11 +36,9 @@ struct Client {
     stream: UnixStream,
     /// Guest output not yet written to this client.
     backlog: VecDeque<u8>,
-    /// Typed input the guest's queue had no room for yet.
-    typed: VecDeque<u8>,
     lagging: bool,
-    /// Whether epoll also reports when this client can take more output.
-    watching_output: bool,
+    /// What epoll reports for this client now.
+    interest: EventSet,
 }
 
 struct HubState {
@@ -173,9 +173,8 @@ impl SerialHub {
             id,
             stream,
             backlog,
-            typed: VecDeque::new(),
             lagging: false,
-            watching_output: false,
+            interest: EventSet::IN | EventSet::READ_HANG_UP,
         });
         Some(id)
     }
@@ -185,53 +184,48 @@ impl SerialHub {
     }
 }
 
-/// The UART's output: the container's stdout and the hub.
-pub struct HubWriter {
-    hub: Arc<SerialHub>,
-    stdout: Box<dyn Write + Send>,
-}
-
-impl HubWriter {
-    pub fn new(hub: Arc<SerialHub>, stdout: Box<dyn Write + Send>) -> Self {
-        HubWriter { hub, stdout }
-    }
-}
+/// Guest output into the hub (the VMM's console writer calls it on vCPU
+/// threads); never blocks.
+pub struct HubWriter(pub Arc<SerialHub>);
 
 impl Write for HubWriter {
     fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
-        self.hub.guest_output(bytes);
-        // A closed or broken stdout must not lose the console for clients.
-        if let Err(error) = self.stdout.write_all(bytes) {
-            log::debug!("console output to stdout failed: {error}");
-        }
+        self.0.guest_output(bytes);
         Ok(bytes.len())
     }
 
     fn flush(&mut self) -> std::io::Result<()> {
-        self.stdout.flush()
+        Ok(())
     }
 }
 
 /// Serves the serial socket; driven by the control loop.
 pub struct SerialServer {
     hub: Arc<SerialHub>,
-    serial: Arc<Mutex<SerialPort>>,
     listener: UnixListener,
     epoll: Arc<Epoll>,
+    /// Where typed bytes go: the VMM reads the other end.
+    typed_sink: UnixStream,
+    /// Typed bytes the socket has not taken yet, in the order they came.
+    typed: VecDeque<u8>,
+    /// Whether epoll reports the typed-input socket writable.
+    watching_sink: bool,
 }
 
 /// Epoll tokens of the serial server: below [`TOKEN_LIMIT`].
 const LISTENER: u64 = 0;
 const WAKE: u64 = 1;
+const SINK: u64 = 2;
 const FIRST_CLIENT: u64 = 3;
 pub const TOKEN_LIMIT: u64 = 1 << 32;
 
 impl SerialServer {
-    /// Registers the serial socket and the hub's wake-up with `epoll`.
+    /// Registers the serial socket and the hub's wake-up with `epoll`;
+    /// `typed_sink` carries what clients type to the VMM.
     pub fn new(
         hub: Arc<SerialHub>,
-        serial: Arc<Mutex<SerialPort>>,
         listener: UnixListener,
+        typed_sink: UnixStream,
         epoll: Arc<Epoll>,
     ) -> std::io::Result<Self> {
         let readable = |data| EpollEvent::new(EventSet::IN, data);
@@ -241,18 +235,15 @@ impl SerialServer {
             readable(LISTENER),
         )?;
         epoll.ctl(ControlOperation::Add, hub.wake.as_raw_fd(), readable(WAKE))?;
+        typed_sink.set_nonblocking(true)?;
         Ok(SerialServer {
             hub,
-            serial,
             listener,
             epoll,
+            typed_sink,
+            typed: VecDeque::new(),
+            watching_sink: false,
         })
-    }
-
-    /// Whether typed input waits for room in the guest's queue (then the
-    /// loop should come back soon even without events).
-    pub fn has_waiting_input(&self) -> bool {
-        self.hub.state().clients.iter().any(|c| !c.typed.is_empty())
     }
 
     /// Handles one epoll event with a serial token.
@@ -263,6 +254,7 @@ impl SerialServer {
                 let _ = self.hub.wake.read();
                 self.hub.wake_pending.store(false, Ordering::Release);
             }
+            SINK => self.pass_typed_input(),
             id => self.read_client(id - FIRST_CLIENT + 1, events),
         }
     }
@@ -271,6 +263,11 @@ impl SerialServer {
     pub fn after_events(&mut self) {
         self.pass_typed_input();
         self.flush_clients();
+    }
+
+    /// Whether clients' input is read now (not while the guest is behind).
+    fn reading_input(&self) -> bool {
+        self.typed.len() < TYPED_LIMIT
     }
 
     fn accept_all(&mut self) {
@@ -287,6 +284,7 @@ impl SerialServer {
                             EventSet::IN | EventSet::READ_HANG_UP,
                             id + FIRST_CLIENT - 1,
                         );
+                        // Interest follows in flush_clients if input is held back.
                         if let Err(error) = self.epoll.ctl(ControlOperation::Add, fd, event) {
                             log::warn!("cannot watch a serial console client: {error}");
                             self.remove(id);
@@ -307,6 +305,9 @@ impl SerialServer {
     /// Reads what a client typed; its bytes go to the guest in order.
     fn read_client(&mut self, id: u64, events: EventSet) {
         let hung_up = events.contains(EventSet::READ_HANG_UP) || events.contains(EventSet::HANG_UP);
+        if !hung_up && !self.reading_input() {
+            return; // its interest drops IN at the end of this round
+        }
         let closed = self.drain_input(id) || hung_up;
         self.pass_typed_input();
         if closed {
@@ -324,7 +325,7 @@ impl SerialServer {
         loop {
             match client.stream.read(&mut buffer) {
                 Ok(0) => return true,
-                Ok(read) => client.typed.extend(&buffer[..read]),
+                Ok(read) => self.typed.extend(&buffer[..read]),
                 Err(error) if error.kind() == ErrorKind::WouldBlock => return false,
                 Err(error) if error.kind() == ErrorKind::Interrupted => continue,
                 Err(_) => return true,
@@ -332,40 +333,40 @@ impl SerialServer {
         }
     }
 
-    /// Hands typed bytes to the UART. The hub's lock is never held while
-    /// the UART's is taken: vCPUs take the UART's lock, then the hub's (to
-    /// publish output), so the opposite order here would deadlock.
+    /// Writes typed bytes to the VMM's socket as far as it takes them; the
+    /// rest waits for the socket to become writable.
     fn pass_typed_input(&mut self) {
-        let typed: Vec<(u64, Vec<u8>)> = {
-            let mut state = self.hub.state();
-            state
-                .clients
-                .iter_mut()
-                .filter(|client| !client.typed.is_empty())
-                .map(|client| (client.id, client.typed.drain(..).collect()))
-                .collect()
-        };
-        if typed.is_empty() {
-            return;
-        }
-        let mut leftovers = Vec::new();
-        {
-            let mut serial = self
-                .serial
-                .lock()
-                .unwrap_or_else(|poisoned| poisoned.into_inner());
-            for (id, bytes) in typed {
-                let taken = serial.queue_input(&bytes);
-                if taken < bytes.len() {
-                    leftovers.push((id, bytes[taken..].to_vec())); // the guest is behind: later
+        while !self.typed.is_empty() {
+            let (front, _) = self.typed.as_slices();
+            match self.typed_sink.write(front) {
+                Ok(0) => break,
+                Ok(written) => {
+                    self.typed.drain(..written);
+                }
+                Err(error) if error.kind() == ErrorKind::Interrupted => continue,
+                Err(error) if error.kind() == ErrorKind::WouldBlock => break,
+                Err(error) => {
+                    log::warn!("typed input cannot reach the VM any more ({error}); dropped");
+                    self.typed.clear();
                 }
             }
         }
-        // Only this thread adds typed bytes, so nothing arrived meanwhile.
-        let mut state = self.hub.state();
-        for (id, rest) in leftovers {
-            if let Some(client) = state.clients.iter_mut().find(|client| client.id == id) {
-                client.typed.extend(rest);
+        let waiting = !self.typed.is_empty();
+        if waiting != self.watching_sink {
+            let fd = self.typed_sink.as_raw_fd();
+            let result = if waiting {
+                self.epoll.ctl(
+                    ControlOperation::Add,
+                    fd,
+                    EpollEvent::new(EventSet::OUT, SINK),
+                )
+            } else {
+                self.epoll
+                    .ctl(ControlOperation::Delete, fd, EpollEvent::default())
+            };
+            match result {
+                Ok(()) => self.watching_sink = waiting,
+                Err(error) => log::warn!("cannot wait for the VM to take typed input: {error}"),
             }
         }
     }
@@ -373,6 +374,7 @@ impl SerialServer {
     /// Writes backlogs without blocking; detaches clients that lag.
     fn flush_clients(&mut self) {
         let mut gone = Vec::new();
+        let reading_input = self.reading_input();
         {
             let mut state = self.hub.state();
             for client in &mut state.clients {
@@ -389,20 +391,23 @@ impl SerialServer {
                     gone.push(client.id);
                     continue;
                 }
-                // Whatever the socket did not take is sent when it can.
-                let wants_output = !client.backlog.is_empty();
-                if wants_output != client.watching_output {
-                    let mut interest = EventSet::IN | EventSet::READ_HANG_UP;
-                    if wants_output {
-                        interest |= EventSet::OUT;
-                    }
+                // Whatever the socket did not take is sent when it can;
+                // input waits while the guest is behind on typed bytes.
+                let mut interest = EventSet::READ_HANG_UP;
+                if reading_input {
+                    interest |= EventSet::IN;
+                }
+                if !client.backlog.is_empty() {
+                    interest |= EventSet::OUT;
+                }
+                if interest != client.interest {
                     let event = EpollEvent::new(interest, client.id + FIRST_CLIENT - 1);
                     if self
                         .epoll
                         .ctl(ControlOperation::Modify, client.stream.as_raw_fd(), event)
                         .is_ok()
                     {
-                        client.watching_output = wants_output;
+                        client.interest = interest;
                     }
                 }
             }
@@ -412,8 +417,8 @@ impl SerialServer {
         }
     }
 
-    /// Detaches a client, after passing on what it typed before it went
-    /// (a client may send and close before it was ever read).
+    /// Detaches a client, after taking what it typed before it went (a
+    /// client may send and close before it was ever read).
     fn remove(&mut self, id: u64) {
         self.drain_input(id);
         self.pass_typed_input();

@@ -7,7 +7,7 @@ use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::time::Duration;
 
-use crate::control::rundir::READY_SOCKET;
+use crate::api::READY_SOCKET;
 
 /// vmpod's one-line answer; `Err` with the reason when not ready.
 pub fn check(run_dir: &Path) -> Result<String, String> {

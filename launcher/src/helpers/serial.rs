@@ -9,7 +9,7 @@ use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
 
 use super::terminal::RawMode;
-use crate::control::rundir::SERIAL_SOCKET;
+use crate::api::SERIAL_SOCKET;
 use crate::signals::SignalFd;
 
 /// After stdin ends, output is still shown until this long a silence.
@@ -23,8 +23,14 @@ pub enum SerialError {
         #[source]
         source: std::io::Error,
     },
-    #[error("the serial console connection failed")]
-    Io(#[from] std::io::Error),
+    #[error("the connection to {} failed", path.display())]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot take the terminal's signals")]
+    Signals(#[source] std::io::Error),
 }
 
 /// How the session ended.
@@ -41,18 +47,24 @@ pub enum Ended {
 /// line editing suits).
 pub fn relay_plain(run_dir: &std::path::Path, socket: &str) -> Result<Ended, SerialError> {
     let path = run_dir.join(socket);
-    let mut connection =
-        UnixStream::connect(&path).map_err(|source| SerialError::Connect { path, source })?;
-    let signals = SignalFd::take(&[libc::SIGINT, libc::SIGTERM, libc::SIGHUP])?;
-    relay(&mut connection, &signals, None)
+    let mut connection = UnixStream::connect(&path).map_err(|source| SerialError::Connect {
+        path: path.clone(),
+        source,
+    })?;
+    let signals = SignalFd::take(&[libc::SIGINT, libc::SIGTERM, libc::SIGHUP])
+        .map_err(SerialError::Signals)?;
+    relay(&mut connection, &signals, None).map_err(|source| SerialError::Io { path, source })
 }
 
 pub fn attach(run_dir: &std::path::Path, escape: Option<u8>) -> Result<Ended, SerialError> {
     let path = run_dir.join(SERIAL_SOCKET);
-    let mut console =
-        UnixStream::connect(&path).map_err(|source| SerialError::Connect { path, source })?;
+    let mut console = UnixStream::connect(&path).map_err(|source| SerialError::Connect {
+        path: path.clone(),
+        source,
+    })?;
     // Taken as events, so raw mode is undone on these too.
-    let signals = SignalFd::take(&[libc::SIGINT, libc::SIGTERM, libc::SIGHUP])?;
+    let signals = SignalFd::take(&[libc::SIGINT, libc::SIGTERM, libc::SIGHUP])
+        .map_err(SerialError::Signals)?;
     let raw = RawMode::enter();
     if raw.is_some() {
         let key = escape.map_or("no key".to_owned(), |k| {
@@ -64,7 +76,8 @@ pub fn attach(run_dir: &std::path::Path, escape: Option<u8>) -> Result<Ended, Se
         &mut console,
         &signals,
         raw.is_some().then_some(escape).flatten(),
-    );
+    )
+    .map_err(|source| SerialError::Io { path, source });
     drop(raw);
     if matches!(ended, Ok(Ended::Detached)) {
         eprintln!("\n[vmpod: detached from the serial console]");
@@ -76,7 +89,7 @@ fn relay(
     console: &mut UnixStream,
     signals: &SignalFd,
     escape: Option<u8>,
-) -> Result<Ended, SerialError> {
+) -> std::io::Result<Ended> {
     let mut stdin_open = true;
     let mut buffer = [0u8; 8192];
     let mut stdout = std::io::stdout().lock();
@@ -110,7 +123,7 @@ fn relay(
             if error.kind() == ErrorKind::Interrupted {
                 continue;
             }
-            return Err(error.into());
+            return Err(error);
         }
         if ready == 0 {
             return Ok(Ended::InputEnded);

@@ -95,9 +95,122 @@ pub struct CpuTopology {
     pub threads: u32,
 }
 
+/// The most vCPUs vmpod runs: xAPIC ids are 8 bits and 0xff is broadcast.
+pub const MAX_VCPUS: u32 = 254;
+/// CPUID leaf 4 EAX[31:26] counts cores per package less one in 6 bits.
+const MAX_CORES_PER_SOCKET: u32 = 64;
+/// CPUID leaf 1 EBX[23:16] holds the per-package APIC id space (a power
+/// of two) in 8 bits: at most 2^7.
+const MAX_PACKAGE_ID_BITS: u32 = 7;
+
+/// Bits needed to number `count` things.
+fn bits_for(count: u32) -> u32 {
+    32 - count.saturating_sub(1).leading_zeros()
+}
+
 impl CpuTopology {
     pub fn vcpus(&self) -> u32 {
-        self.sockets * self.cores * self.threads
+        self.sockets
+            .saturating_mul(self.cores)
+            .saturating_mul(self.threads)
+    }
+
+    /// Width of the thread field of an APIC id (CPUID leaf 0xB, level 0).
+    pub fn thread_bits(&self) -> u32 {
+        bits_for(self.threads)
+    }
+
+    /// Width of the core field of an APIC id (CPUID leaf 0xB, level 1).
+    pub fn core_bits(&self) -> u32 {
+        bits_for(self.cores)
+    }
+
+    /// The APIC id of each vCPU: socket, core and thread fields as CPUID
+    /// leaf 0xB describes them.
+    pub fn apic_ids(&self) -> Vec<u32> {
+        let (thread_bits, core_bits) = (self.thread_bits(), self.core_bits());
+        (0..self.vcpus())
+            .map(|index| {
+                let thread = index % self.threads;
+                let core = (index / self.threads) % self.cores;
+                let socket = index / (self.threads * self.cores);
+                (socket << (core_bits + thread_bits)) | (core << thread_bits) | thread
+            })
+            .collect()
+    }
+
+    /// What the MADT and CPUID cannot express about this topology.
+    pub fn problems(&self) -> Vec<String> {
+        let mut problems = Vec::new();
+        if [self.sockets, self.cores, self.threads].contains(&0) {
+            return vec!["sockets, cores and threads must each be at least 1".into()];
+        }
+        if self.vcpus() > MAX_VCPUS {
+            return vec![format!(
+                "sockets × cores × threads = {} vCPUs; vmpod supports at most {MAX_VCPUS}",
+                self.vcpus()
+            )];
+        }
+        if self.cores > MAX_CORES_PER_SOCKET {
+            problems.push(format!(
+                "{} cores per socket: CPUID describes at most {MAX_CORES_PER_SOCKET}; use more sockets",
+                self.cores
+            ));
+        } else if self.core_bits() + self.thread_bits() > MAX_PACKAGE_ID_BITS {
+            problems.push(format!(
+                "{} cores × {} threads per socket need {} APIC id bits; CPUID describes at most {MAX_PACKAGE_ID_BITS}: use more sockets",
+                self.cores,
+                self.threads,
+                self.core_bits() + self.thread_bits()
+            ));
+        }
+        let highest = self.apic_ids().into_iter().max().unwrap_or(0);
+        if highest > MAX_VCPUS {
+            problems.push(format!(
+                "this topology numbers its vCPUs' APIC ids up to {highest}, beyond the {MAX_VCPUS} the MADT can list (ids round each field up to a power of two): use powers of two for cores and threads, or fewer sockets"
+            ));
+        }
+        problems
+    }
+}
+
+/// A problem with a `VmConfig`, at a path of its own fields.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigProblem {
+    pub path: &'static str,
+    pub message: String,
+}
+
+impl std::fmt::Display for ConfigProblem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.path, self.message)
+    }
+}
+
+impl VmConfig {
+    /// Checks what the types alone do not: the spec readers run this on
+    /// what they produce, and it runs again on a rendered config read back.
+    pub fn validate(&self) -> Result<(), Vec<ConfigProblem>> {
+        let mut problems: Vec<ConfigProblem> = self
+            .cpu
+            .problems()
+            .into_iter()
+            .map(|message| ConfigProblem {
+                path: "cpu",
+                message,
+            })
+            .collect();
+        if self.memory_bytes == 0 || !self.memory_bytes.is_multiple_of(4096) {
+            problems.push(ConfigProblem {
+                path: "memoryBytes",
+                message: format!("{} is not a positive multiple of 4 KiB", self.memory_bytes),
+            });
+        }
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(problems)
+        }
     }
 }
 
@@ -216,6 +329,32 @@ mod tests {
             Some(RunStrategy::RerunOnFailure)
         );
         assert_eq!(RunStrategy::from_kubevirt("always"), None);
+    }
+
+    fn topology(sockets: u32, cores: u32, threads: u32) -> CpuTopology {
+        CpuTopology {
+            sockets,
+            cores,
+            threads,
+        }
+    }
+
+    #[test]
+    fn topologies_the_madt_and_cpuid_cannot_express_are_refused() {
+        assert!(topology(1, 4, 2).problems().is_empty());
+        assert!(topology(2, 64, 1).problems().is_empty());
+        assert!(topology(1, 64, 2).problems().is_empty());
+        // APIC ids up to 2 << 7 | 64 = 320, and 65 cores need 7 bits.
+        let wide = topology(3, 65, 1).problems();
+        assert_eq!(wide.len(), 2, "{wide:?}");
+        assert!(wide[0].starts_with("65 cores per socket"), "{wide:?}");
+        assert!(wide[1].contains("APIC ids up to 320"), "{wide:?}");
+        // 200 cores would overflow CPUID.1:EBX[23:16] into the APIC id.
+        assert!(topology(1, 200, 1).problems()[0].starts_with("200 cores per socket"));
+        assert!(topology(1, 33, 3).problems()[0].contains("need 8 APIC id bits"));
+        // 5 sockets × 33 cores: 165 vCPUs, but ids up to 4 << 6 | 32 = 288.
+        assert!(topology(5, 33, 1).problems()[0].contains("APIC ids up to 288"));
+        assert!(topology(1, 255, 1).problems()[0].contains("at most 254"));
     }
 
     #[test]

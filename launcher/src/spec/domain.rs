@@ -62,6 +62,21 @@ pub(super) fn read_resources(domain: &mut Object, diag: &mut Diagnostics) -> Res
     resources
 }
 
+/// `vcpus` as one socket where the MADT and CPUID allow it, else as the
+/// fewest equal sockets they can describe (one core each always works).
+fn topology_for(vcpus: u32) -> CpuTopology {
+    let with_sockets = |sockets| CpuTopology {
+        sockets,
+        cores: vcpus / sockets,
+        threads: 1,
+    };
+    (1..=vcpus)
+        .filter(|sockets| vcpus.is_multiple_of(*sockets))
+        .map(with_sockets)
+        .find(|topology| topology.problems().is_empty())
+        .unwrap_or_else(|| with_sockets(vcpus))
+}
+
 pub(super) fn read_cpu(
     domain: &mut Object,
     resources: &Resources,
@@ -69,12 +84,8 @@ pub(super) fn read_cpu(
 ) -> Option<CpuTopology> {
     let Some(mut cpu) = domain.object("cpu", diag) else {
         // KubeVirt sizes a VM without a topology from its CPU limit.
-        let cores = resources.cpu_limit.unwrap_or(1).clamp(1, MAX_VCPUS);
-        return Some(CpuTopology {
-            sockets: 1,
-            cores: cores as u32,
-            threads: 1,
-        });
+        let vcpus = resources.cpu_limit.unwrap_or(1).clamp(1, MAX_VCPUS) as u32;
+        return Some(topology_for(vcpus));
     };
     let mut part = |key: &str, diag: &mut Diagnostics| match cpu.field(key) {
         None => Some(1),
@@ -129,17 +140,11 @@ pub(super) fn read_cpu(
         cores: cores?,
         threads: threads?,
     };
-    if u64::from(topology.vcpus()) > MAX_VCPUS {
-        diag.problem(
-            &cpu_path,
-            format!(
-                "sockets × cores × threads = {} vCPUs; vmpod supports at most {MAX_VCPUS}",
-                topology.vcpus()
-            ),
-        );
-        return None;
+    let problems = topology.problems();
+    for problem in &problems {
+        diag.problem(&cpu_path, problem.clone());
     }
-    Some(topology)
+    problems.is_empty().then_some(topology)
 }
 
 pub(super) fn read_memory(
@@ -362,5 +367,20 @@ pub(super) fn read_domain_extras(domain: &mut Object, diag: &mut Diagnostics) {
         clock.reject("timezone", "the guest clock is UTC", diag);
         clock.ignore("timer", "vmpod provides kvmclock and the LAPIC timer", diag);
         clock.finish(diag);
+    }
+}
+
+#[cfg(test)]
+mod topology_tests {
+    use super::*;
+
+    #[test]
+    fn a_cpu_limit_becomes_a_topology_cpuid_can_describe() {
+        for vcpus in 1..=MAX_VCPUS as u32 {
+            let topology = topology_for(vcpus);
+            assert_eq!(topology.vcpus(), vcpus);
+            assert!(topology.problems().is_empty(), "{vcpus}: {topology:?}");
+        }
+        assert_eq!(topology_for(100).sockets, 2);
     }
 }

@@ -247,6 +247,7 @@ fn read_instance_spec(
     diag: &mut Diagnostics,
 ) -> Option<VmConfig> {
     let name = meta.name.clone().unwrap_or_default();
+    let spec_path = spec.path().to_owned();
     let namespace = meta
         .namespace
         .clone()
@@ -290,7 +291,7 @@ fn read_instance_spec(
     };
     let disks = volumes::attach_volumes(&device_refs.disks, volumes, diag);
     let nics = devices::attach_networks(&device_refs, networks, &uuid, diag);
-    Some(VmConfig {
+    let config = VmConfig {
         identity: Identity {
             name,
             namespace,
@@ -313,7 +314,15 @@ fn read_instance_spec(
         graphics: device_refs.graphics,
         serial_console: device_refs.serial_console,
         annotations: meta.vmpod_annotations,
-    })
+    };
+    // The readers check each field where it is; this is the last word.
+    if let Err(problems) = config.validate() {
+        for problem in problems {
+            diag.problem(&spec_path, format!("the resulting VM's {problem}"));
+        }
+        return None;
+    }
+    Some(config)
 }
 
 fn read_hostname(spec: &mut Object, vm_name: &str, diag: &mut Diagnostics) -> String {

@@ -1,6 +1,8 @@
 //! ACPI tables for a hardware-reduced x86 platform: RSDP, XSDT, FADT (sleep
 //! control/status and reset registers), MADT (one local APIC per vCPU, the
-//! IOAPIC) and a DSDT describing the VM's devices and `\_S5_`.
+//! IOAPIC) and a DSDT with `\_S5_` and the devices' entries, which the
+//! device manager collects from each device's registration (the AML
+//! helpers for those entries are here too).
 //!
 //! Pure: builds bytes for a given set of facts; the boot code writes them
 //! into guest memory at [`layout::ACPI_START`]. VMM thread only.
@@ -31,10 +33,15 @@ const MADT_IO_APIC: u8 = 1;
 const MADT_LOCAL_APIC_NMI: u8 = 4;
 const LOCAL_APIC_ENABLED: u32 = 1;
 
+/// A device's DSDT entry, built from the resources it was given.
+pub type Entry = Box<dyn Fn(&super::device_manager::Resources) -> Vec<u8>>;
+
 /// What the tables describe.
 pub struct AcpiFacts<'a> {
     /// APIC id of each vCPU, in vCPU order.
     pub apic_ids: &'a [u32],
+    /// The devices' DSDT entries (AML `Device` objects), for `\_SB_`.
+    pub devices: &'a [u8],
 }
 
 /// Tables ready to be copied into guest memory.
@@ -56,7 +63,7 @@ fn align16(address: u64) -> u64 {
 }
 
 pub fn build(facts: &AcpiFacts) -> Result<AcpiTables, AcpiTooLarge> {
-    let dsdt = dsdt();
+    let dsdt = dsdt(facts.devices);
     let madt = madt(facts.apic_ids);
     let rsdp_address = layout::ACPI_START;
     let xsdt_address = align16(rsdp_address + Rsdp::len() as u64);
@@ -119,6 +126,14 @@ fn fadt(dsdt_address: u64) -> Vec<u8> {
     aml_bytes(&builder.finalize())
 }
 
+/// The IOAPIC's id: the lowest one no local APIC has (they share one
+/// 8-bit id space; `VmConfig::validate` keeps APIC ids below 0xff).
+pub fn io_apic_id(apic_ids: &[u32]) -> u8 {
+    (0..=u8::MAX)
+        .find(|id| !apic_ids.contains(&u32::from(*id)))
+        .unwrap_or(u8::MAX)
+}
+
 fn madt(apic_ids: &[u32]) -> Vec<u8> {
     let mut table = Sdt::new(*b"APIC", 44, 5, OEM_ID, OEM_TABLE_ID, OEM_REVISION);
     table.write_u32(36, layout::LAPIC_ADDR as u32);
@@ -127,8 +142,7 @@ fn madt(apic_ids: &[u32]) -> Vec<u8> {
         table.append_slice(&[MADT_LOCAL_APIC, 8, uid as u8, *apic_id as u8]);
         table.append_slice(&LOCAL_APIC_ENABLED.to_le_bytes());
     }
-    let io_apic_id = apic_ids.len() as u8;
-    table.append_slice(&[MADT_IO_APIC, 12, io_apic_id, 0]);
+    table.append_slice(&[MADT_IO_APIC, 12, io_apic_id(apic_ids), 0]);
     table.append_slice(&(layout::IOAPIC_ADDR as u32).to_le_bytes());
     table.append_slice(&0u32.to_le_bytes()); // GSI base
                                              // LINT1 of every processor (uid 0xff) is the NMI line.
@@ -137,40 +151,37 @@ fn madt(apic_ids: &[u32]) -> Vec<u8> {
     table.as_slice().to_vec()
 }
 
-/// AML that is already encoded, so finished devices can go into a scope.
-struct Encoded(Vec<u8>);
-
-impl Aml for Encoded {
-    fn to_aml_bytes(&self, sink: &mut dyn acpi_tables::AmlSink) {
-        sink.vec(&self.0);
-    }
-}
-
-/// One `Device` with a PNP id and its resources, as AML.
-fn legacy_device(name: &str, pnp_id: &str, resources: &[&dyn Aml]) -> Encoded {
-    Encoded(aml_bytes(&aml::Device::new(
+/// A legacy device's DSDT entry: a PNP id, I/O port ranges (port, length)
+/// and an edge-triggered interrupt.
+pub fn pnp_device(name: &str, pnp_id: &str, ports: &[(u16, u8)], irq: u32) -> Vec<u8> {
+    let ports: Vec<aml::IO> = ports
+        .iter()
+        .map(|(port, len)| aml::IO::new(*port, *port, 1, *len))
+        .collect();
+    let interrupt = aml::Interrupt::new(true, true, false, false, irq);
+    let mut resources: Vec<&dyn Aml> = ports.iter().map(|io| io as &dyn Aml).collect();
+    resources.push(&interrupt);
+    aml_bytes(&aml::Device::new(
         name.into(),
         vec![
             &aml::Name::new("_HID".into(), &aml::EISAName::new(pnp_id)),
             &aml::Name::new("_UID".into(), &aml::ONE),
-            &aml::Name::new(
-                "_CRS".into(),
-                &aml::ResourceTemplate::new(resources.to_vec()),
-            ),
+            &aml::Name::new("_CRS".into(), &aml::ResourceTemplate::new(resources)),
         ],
-    )))
+    ))
 }
 
-/// The Generic Event Device: `_EVT` reads the event register and notifies
-/// the power button when its bit is set. Its `_CRS` holds only the
-/// interrupt (Linux's driver refuses anything else there); the register is
-/// the operation region.
-fn ged() -> Encoded {
-    let interrupt = aml::Interrupt::new(true, true, false, false, layout::GED_IRQ);
+/// The Generic Event Device and the power button it notifies: `_EVT`
+/// reads the event register and notifies `\_SB.PWRB` when its bit is set.
+/// Its `_CRS` holds only the interrupt (Linux's driver refuses anything
+/// else there); the register is the operation region.
+pub fn ged_with_power_button(register: u64, irq: u32) -> Vec<u8> {
+    let interrupt = aml::Interrupt::new(true, true, false, false, irq);
+    let register = register as u32;
     let region = aml::OpRegion::new(
         "GDST".into(),
         aml::OpRegionSpace::SystemMemory,
-        &(layout::GED_ADDR as u32),
+        &register,
         &4u32,
     );
     let field = aml::Field::new(
@@ -189,7 +200,7 @@ fn ged() -> Encoded {
     let notify = aml::Notify::new(&power_button_device, &0x80u8);
     let on_power_button = aml::If::new(&pressed, vec![&notify]);
     let evt = aml::Method::new("_EVT".into(), 1, true, vec![&read_events, &on_power_button]);
-    Encoded(aml_bytes(&aml::Device::new(
+    let mut bytes = aml_bytes(&aml::Device::new(
         "GED0".into(),
         vec![
             &aml::Name::new("_HID".into(), &"ACPI0013"),
@@ -199,36 +210,32 @@ fn ged() -> Encoded {
             &field,
             &evt,
         ],
-    )))
-}
-
-fn dsdt() -> Vec<u8> {
-    let com1_port = aml::IO::new(layout::COM1_PORT, layout::COM1_PORT, 1, 8);
-    let com1_irq = aml::Interrupt::new(true, true, false, false, layout::COM1_IRQ);
-    let keyboard_data = aml::IO::new(layout::I8042_PORT, layout::I8042_PORT, 1, 1);
-    let keyboard_command = aml::IO::new(layout::I8042_PORT + 4, layout::I8042_PORT + 4, 1, 1);
-    let keyboard_irq = aml::Interrupt::new(true, true, false, false, 1);
-    let s5 = aml_bytes(&aml::Name::new(
-        "_S5_".into(),
-        &aml::Package::new(vec![&layout::S5_SLEEP_TYPE, &aml::ZERO]),
     ));
-
-    let com1 = legacy_device("COM1", "PNP0501", &[&com1_port, &com1_irq]);
-    let generic_event_device = ged();
-    let power_button = Encoded(aml_bytes(&aml::Device::new(
+    bytes.extend(aml_bytes(&aml::Device::new(
         "PWRB".into(),
         vec![
             &aml::Name::new("_HID".into(), &aml::EISAName::new("PNP0C0C")),
             &aml::Name::new("_UID".into(), &aml::ZERO),
         ],
     )));
-    let keyboard_resources: [&dyn Aml; 3] = [&keyboard_data, &keyboard_command, &keyboard_irq];
-    let keyboard = legacy_device("PS2K", "PNP0303", &keyboard_resources);
-    let system_bus = aml_bytes(&aml::Scope::new(
-        "\\_SB_".into(),
-        vec![&com1, &keyboard, &generic_event_device, &power_button],
-    ));
+    bytes
+}
 
+/// AML that is already encoded, so finished devices can go into a scope.
+struct Encoded<'a>(&'a [u8]);
+
+impl Aml for Encoded<'_> {
+    fn to_aml_bytes(&self, sink: &mut dyn acpi_tables::AmlSink) {
+        sink.vec(self.0);
+    }
+}
+
+fn dsdt(devices: &[u8]) -> Vec<u8> {
+    let s5 = aml_bytes(&aml::Name::new(
+        "_S5_".into(),
+        &aml::Package::new(vec![&layout::S5_SLEEP_TYPE, &aml::ZERO]),
+    ));
+    let system_bus = aml_bytes(&aml::Scope::new("\\_SB_".into(), vec![&Encoded(devices)]));
     let mut table = Sdt::new(*b"DSDT", 36, 6, OEM_ID, OEM_TABLE_ID, OEM_REVISION);
     table.append_slice(&system_bus);
     table.append_slice(&s5);
@@ -242,10 +249,30 @@ mod tests {
 
     fn tables(vcpus: u32) -> AcpiTables {
         let apic_ids: Vec<u32> = (0..vcpus).collect();
+        let devices = pnp_device("COM1", "PNP0501", &[(0x3f8, 8)], 4);
         build(&AcpiFacts {
             apic_ids: &apic_ids,
+            devices: &devices,
         })
         .expect("tables fit")
+    }
+
+    #[test]
+    fn the_io_apic_id_never_collides_with_a_local_apic() {
+        assert_eq!(io_apic_id(&[0, 1, 2, 3]), 4);
+        // sockets 2 × cores 3: APIC ids 0, 1, 2, 4, 5, 6 leave 3 free.
+        assert_eq!(io_apic_id(&[0, 1, 2, 4, 5, 6]), 3);
+        let madt = &tables(4).blobs[4].1;
+        let io_apic = madt[44 + 4 * 8..].chunks(12).next().expect("IOAPIC entry");
+        assert_eq!((io_apic[0], io_apic[2]), (MADT_IO_APIC, 4));
+    }
+
+    #[test]
+    fn device_entries_go_into_the_system_bus_scope() {
+        let dsdt = &tables(1).blobs[2].1;
+        let scope = dsdt.windows(4).position(|w| w == b"_SB_").expect("scope");
+        let com1 = dsdt.windows(4).position(|w| w == b"COM1").expect("device");
+        assert!(scope < com1);
     }
 
     fn checksum_ok(bytes: &[u8]) -> bool {

@@ -36,26 +36,6 @@ fn state_error(what: &'static str, vcpu: u32) -> impl FnOnce(kvm_ioctls::Error) 
     move |source| CpuError::State { what, vcpu, source }
 }
 
-/// Bits needed to number `count` things.
-fn bits_for(count: u32) -> u32 {
-    32 - count.saturating_sub(1).leading_zeros()
-}
-
-/// The APIC id of each vCPU: socket, core and thread fields as CPUID leaf
-/// 0xB describes them.
-pub fn apic_ids(topology: &CpuTopology) -> Vec<u32> {
-    let thread_bits = bits_for(topology.threads);
-    let core_bits = bits_for(topology.cores);
-    (0..topology.vcpus())
-        .map(|index| {
-            let thread = index % topology.threads;
-            let core = (index / topology.threads) % topology.cores;
-            let socket = index / (topology.threads * topology.cores);
-            (socket << (core_bits + thread_bits)) | (core << thread_bits) | thread
-        })
-        .collect()
-}
-
 const LEAF_FEATURES: u32 = 1;
 const LEAF_CACHE_TOPOLOGY: u32 = 4;
 const LEAF_EXTENDED_TOPOLOGY: u32 = 0xb;
@@ -67,8 +47,8 @@ const FEATURE_EDX_HTT: u32 = 1 << 28;
 pub fn vcpu_cpuid(supported: &CpuId, topology: &CpuTopology, apic_id: u32) -> CpuId {
     let mut cpuid = supported.clone();
     let per_socket = topology.cores * topology.threads;
-    let thread_bits = bits_for(topology.threads);
-    let core_bits = bits_for(topology.cores);
+    let thread_bits = topology.thread_bits();
+    let core_bits = topology.core_bits();
     for entry in cpuid.as_mut_slice() {
         match entry.function {
             LEAF_FEATURES => {
@@ -322,10 +302,10 @@ mod tests {
 
     #[test]
     fn apic_ids_follow_the_topology_fields() {
-        assert_eq!(apic_ids(&topology(1, 4, 1)), [0, 1, 2, 3]);
-        assert_eq!(apic_ids(&topology(2, 2, 2)), [0, 1, 2, 3, 4, 5, 6, 7]);
+        assert_eq!(topology(1, 4, 1).apic_ids(), [0, 1, 2, 3]);
+        assert_eq!(topology(2, 2, 2).apic_ids(), [0, 1, 2, 3, 4, 5, 6, 7]);
         // Three cores need two bits, so the second socket starts at 4.
-        assert_eq!(apic_ids(&topology(2, 3, 1)), [0, 1, 2, 4, 5, 6]);
+        assert_eq!(topology(2, 3, 1).apic_ids(), [0, 1, 2, 4, 5, 6]);
     }
 
     #[test]

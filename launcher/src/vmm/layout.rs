@@ -38,8 +38,15 @@ pub const HIGH_MEMORY_START: u64 = 0x100000;
 /// The 32-bit MMIO hole: RAM stops here and resumes at 4 GiB.
 pub const MMIO_HOLE_START: u64 = 0xc000_0000;
 pub const RAM_ABOVE_4G: u64 = 0x1_0000_0000;
-/// Window for virtio-mmio devices and the framebuffer.
+/// Window for virtio-mmio devices and the framebuffer (the device
+/// manager allocates from it).
 pub const DEVICE_WINDOW_START: u64 = 0xd000_0000;
+pub const DEVICE_WINDOW_END: u64 = 0xfe00_0000;
+/// Interrupt lines the device manager hands out: IOAPIC pins above the
+/// legacy ISA devices vmpod has (keyboard 1, COM1 4, GED 5) and the
+/// lines old drivers assume (8 RTC, 9 SCI), up to the IOAPIC's last pin.
+pub const FIRST_DEVICE_GSI: u32 = 10;
+pub const LAST_DEVICE_GSI: u32 = 23;
 /// The ACPI Generic Event Device's register (power button) and its IRQ.
 pub const GED_ADDR: u64 = 0xfeb0_0000;
 pub const GED_IRQ: u32 = 5;
@@ -63,6 +70,16 @@ pub const ACPI_RESET_PORT: u16 = ACPI_PM_PORT + 2;
 pub const ACPI_RESET_VALUE: u8 = 0x01;
 /// `\_S5_` sleep type: SLP_TYP written to the sleep control register.
 pub const S5_SLEEP_TYPE: u8 = 5;
+
+// The device window and the interrupt lines the device manager hands out
+// stay clear of RAM, of the fixed devices and of the IOAPIC's 24 pins;
+// checked when vmpod is compiled.
+const _: () = assert!(MMIO_HOLE_START <= DEVICE_WINDOW_START);
+const _: () = assert!(DEVICE_WINDOW_START < DEVICE_WINDOW_END);
+const _: () = assert!(DEVICE_WINDOW_END <= GED_ADDR);
+const _: () = assert!(FIRST_DEVICE_GSI <= LAST_DEVICE_GSI && LAST_DEVICE_GSI < 24);
+const _: () = assert!(COM1_IRQ < FIRST_DEVICE_GSI);
+const _: () = assert!(KEYBOARD_IRQ < FIRST_DEVICE_GSI && GED_IRQ < FIRST_DEVICE_GSI);
 
 /// Guest RAM regions for a given size: below the hole, then above 4 GiB.
 pub fn ram_regions(memory_bytes: u64) -> Vec<(u64, u64)> {

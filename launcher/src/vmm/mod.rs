@@ -1,47 +1,47 @@
 //! The VMM: one linear builder from a [`VmConfig`] to a running KVM VM,
-//! and the lifecycle loop around it. A guest poweroff ends the run; a guest
-//! reset (ACPI reset register, i8042, triple fault) rebuilds the VM in the
-//! same process: memory cleared, kernel reloaded, vCPUs restarted, devices
-//! and the console kept.
+//! and the event loop that serves it. A guest poweroff ends the run; a
+//! guest reset (ACPI reset register, i8042, triple fault) rebuilds the VM
+//! in the same process: memory cleared, kernel reloaded, devices rewired,
+//! vCPUs restarted, console and clients kept.
 //!
-//! Runs on the caller's thread; vCPUs on their own threads (`vcpu`).
+//! Runs on the caller's thread (the VMM thread); vCPUs on their own threads
+//! (`vcpu`). Knows nothing of the control plane: it takes commands and
+//! gives events through `api`, and is handed what it needs by `launch`.
 
 pub mod acpi;
 pub mod boot;
 pub mod console;
 pub mod cpu;
+pub mod device_manager;
+pub mod event_loop;
 pub mod host;
 pub mod layout;
 pub mod memory;
+pub mod platform;
 pub mod termination;
 pub mod vcpu;
 
-use std::sync::mpsc::{self, Receiver};
-use std::sync::{Arc, Mutex};
+use std::collections::VecDeque;
+use std::io::Write;
+use std::os::fd::AsRawFd;
+use std::os::unix::net::UnixStream;
+use std::sync::Arc;
 
 use kvm_bindings::{
     kvm_pit_config, kvm_userspace_memory_region, KVM_MAX_CPUID_ENTRIES, KVM_PIT_SPEAKER_DUMMY,
 };
 use kvm_ioctls::{Kvm, VmFd};
 use vm_memory::{GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion, MemoryRegionAddress};
-use vmm_sys_util::eventfd::EventFd;
 
-use crate::control::rundir::{RunDir, MONITOR_SOCKET, QMP_SOCKET, READY_SOCKET, SERIAL_SOCKET};
-use crate::control::serial::{HubWriter, SerialHub, SerialServer};
-use crate::control::{ControlLoop, Listeners, Readiness, VmControl};
-use crate::devices::bus::Bus;
-use crate::devices::ged::{GenericEventDevice, GED_REGISTER_SIZE};
-use crate::devices::legacy::{acpi_pm::AcpiPlatform, i8042::I8042, serial::SerialPort};
-use crate::devices::VmRequest;
-use crate::lifecycle;
-use crate::lifecycle::{Event, EventSender, SharedStatus, Status};
+use crate::api::{Command, CommandReceiver, CommandSender, Event, EventSender, SharedStatus};
+use crate::api::{Status, Timed};
+use crate::signals::SignalFd;
 use crate::spec::VmConfig;
-use vmm_sys_util::epoll::Epoll;
+use event_loop::EventLoop;
+use platform::Platform;
 
 #[derive(Debug, thiserror::Error)]
 pub enum VmmError {
-    #[error(transparent)]
-    Host(#[from] host::HostError),
     #[error(transparent)]
     Memory(#[from] memory::MemoryError),
     #[error(transparent)]
@@ -50,6 +50,8 @@ pub enum VmmError {
     Acpi(#[from] acpi::AcpiTooLarge),
     #[error(transparent)]
     Cpu(#[from] cpu::CpuError),
+    #[error(transparent)]
+    Device(#[from] device_manager::DeviceError),
     #[error("KVM refused to {what}")]
     Kvm {
         what: &'static str,
@@ -62,12 +64,14 @@ pub enum VmmError {
         #[source]
         source: std::io::Error,
     },
-    #[error(transparent)]
-    RunDir(#[from] crate::control::rundir::RunDirError),
-    #[error("device layout: {0}")]
-    Layout(#[from] crate::devices::bus::OverlapError),
-    #[error("the VM stopped: {0}")]
-    Fatal(String),
+    #[error("guest memory at {address:#x} has no host mapping")]
+    Unmapped {
+        address: u64,
+        #[source]
+        source: vm_memory::guest_memory::Error,
+    },
+    #[error("the VM stopped")]
+    Guest(#[source] Box<dyn std::error::Error + Send + Sync>),
 }
 
 fn kvm_error(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> VmmError {
@@ -78,428 +82,289 @@ fn io_error(what: &'static str) -> impl FnOnce(std::io::Error) -> VmmError {
     move |source| VmmError::Io { what, source }
 }
 
-/// The annotation naming text that must appear before `/vm/ready` is ready.
-pub const READY_PATTERN_ANNOTATION: &str = "vmpod.io/ready-serial-pattern";
-
-/// How `vmpod launch` serves the VM, beside its definition.
-#[derive(Debug, Clone)]
-pub struct LaunchOptions {
-    /// Where the control sockets go (`/vm/run` in a pod).
-    pub run_dir: std::path::PathBuf,
-    /// Bytes of serial output replayed to a client when it attaches.
-    pub serial_scrollback: usize,
-    /// How far a serial client may fall behind before it is detached.
-    pub serial_client_backlog: usize,
-}
-
 /// How a run ended, when it ended well.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Outcome {
-    /// The guest powered off.
+    /// The guest powered off (or a `quit` command ended it).
     Poweroff,
     /// The guest was stopped after this signal because it did not power off.
     ForcedStop(u32),
 }
 
-/// Devices that live as long as the process, across guest resets.
-struct Platform {
-    pio: Bus,
-    mmio: Bus,
-    serial: Arc<Mutex<SerialPort>>,
-    serial_interrupt: EventFd,
-    ged: Arc<Mutex<GenericEventDevice>>,
-    ged_interrupt: EventFd,
-    hub: Arc<SerialHub>,
-    i8042: Arc<Mutex<I8042>>,
-    keyboard_interrupt: EventFd,
+/// What the VMM is handed by whoever composes it.
+pub struct VmmIo {
+    /// Commands for the VMM, and a sender for its devices and vCPUs.
+    pub commands: CommandReceiver,
+    pub command_sender: CommandSender,
+    /// Where the VMM reports what happened, and its status.
+    pub events: EventSender,
+    pub status: SharedStatus,
+    /// Guest console output also goes here (the serial console's hub).
+    pub console_tee: Box<dyn Write + Send>,
+    /// Typed console input from the control plane, if any.
+    pub typed_input: Option<UnixStream>,
+    /// Whether stdin carries typing for the guest (and a terminal on it
+    /// goes into character mode).
+    pub stdin_input: bool,
+    /// SIGTERM and SIGINT, already blocked in every thread.
+    pub termination_signals: SignalFd,
 }
 
-fn build_platform(
-    requests: &mpsc::Sender<VmRequest>,
-    hub: &Arc<SerialHub>,
-) -> Result<Platform, VmmError> {
-    let serial_interrupt =
-        EventFd::new(libc::EFD_NONBLOCK).map_err(io_error("create the serial interrupt"))?;
-    let serial_trigger = serial_interrupt
-        .try_clone()
-        .map_err(io_error("create the serial interrupt"))?;
-    let output = HubWriter::new(hub.clone(), Box::new(console::ConsoleOutput));
-    let serial = Arc::new(Mutex::new(SerialPort::new(
-        serial_trigger,
-        Box::new(output),
-    )));
-    let mut pio = Bus::default();
-    pio.insert(u64::from(layout::COM1_PORT), 8, serial.clone())?;
-    let keyboard_interrupt =
-        EventFd::new(libc::EFD_NONBLOCK).map_err(io_error("create the keyboard interrupt"))?;
-    let keyboard_trigger = keyboard_interrupt
-        .try_clone()
-        .map_err(io_error("create the keyboard interrupt"))?;
-    let i8042 = Arc::new(Mutex::new(I8042::new(requests.clone(), keyboard_trigger)));
-    pio.insert(u64::from(layout::I8042_PORT), 5, i8042.clone())?;
-    let acpi_platform = AcpiPlatform::new(
-        layout::S5_SLEEP_TYPE,
-        layout::ACPI_RESET_VALUE,
-        requests.clone(),
-    );
-    pio.insert(
-        u64::from(layout::ACPI_PM_PORT),
-        3,
-        Arc::new(Mutex::new(acpi_platform)),
-    )?;
-    let ged_interrupt =
-        EventFd::new(libc::EFD_NONBLOCK).map_err(io_error("create the GED interrupt"))?;
-    let ged_trigger = ged_interrupt
-        .try_clone()
-        .map_err(io_error("create the GED interrupt"))?;
-    let ged = Arc::new(Mutex::new(GenericEventDevice::new(ged_trigger)));
-    let mut mmio = Bus::default();
-    mmio.insert(layout::GED_ADDR, GED_REGISTER_SIZE, ged.clone())?;
-    Ok(Platform {
-        pio,
-        mmio,
-        serial,
-        serial_interrupt,
-        ged,
-        ged_interrupt,
-        hub: hub.clone(),
-        i8042,
-        keyboard_interrupt,
-    })
+/// The VMM's own epoll source: the command channel.
+const COMMANDS: u32 = 0;
+
+/// Why a boot ended.
+enum Ending {
+    Poweroff,
+    Quit,
+    ForcedStop(u32),
+    Reset(&'static str),
+    Failed(Box<dyn std::error::Error + Send + Sync>),
 }
 
-/// Boots `config` and runs it until the guest powers off or fails.
-pub fn run(config: &VmConfig, options: &LaunchOptions) -> Result<Outcome, VmmError> {
-    // Before any thread starts, so that every thread inherits the mask.
-    let termination_signals = crate::signals::SignalFd::take(&termination::TERMINATION_SIGNALS)
-        .map_err(io_error("take SIGTERM and SIGINT"))?;
-    let kvm = host::open_kvm()?;
-    host::warn_if_pvm();
-    warn_about_unbuilt_devices(config);
-    host::check_memory(
-        config.memory_bytes,
-        host::container_memory_limit(),
-        host::host_memory_total(),
-    )?;
+struct Vmm<'a> {
+    kvm: &'a Kvm,
+    config: &'a VmConfig,
+    guest_memory: GuestMemoryMmap,
+    platform: Platform,
+    events: EventLoop,
+    commands: CommandReceiver,
+    command_sender: CommandSender,
+    /// Commands taken from the channel or the handlers, not yet applied.
+    pending: VecDeque<Command>,
+    lifecycle: EventSender,
+    status: SharedStatus,
+}
+
+/// Boots `config` and serves it until the guest powers off or fails.
+pub fn run(kvm: &Kvm, config: &VmConfig, io: VmmIo) -> Result<Outcome, VmmError> {
     vcpu::install_kick_handler().map_err(io_error("install the vCPU kick signal handler"))?;
-    let run_dir = RunDir::create(&options.run_dir)?;
-    run_dir.link_helpers();
-    let serial_listener = run_dir.listen(SERIAL_SOCKET)?;
-    let listeners = Listeners {
-        qmp: run_dir.listen(QMP_SOCKET)?,
-        monitor: run_dir.listen(MONITOR_SOCKET)?,
-        ready: run_dir.listen(READY_SOCKET)?,
-    };
     let guest_memory = memory::create(config.memory_bytes)?;
-    let (request_sender, requests) = mpsc::channel();
-    let ready_pattern = config
-        .annotations
-        .get(READY_PATTERN_ANNOTATION)
-        .map(String::as_str);
-    let hub = SerialHub::new(
-        options.serial_scrollback,
-        options.serial_client_backlog,
-        ready_pattern,
-    )
-    .map_err(io_error("create the serial console hub"))?;
-    let platform = build_platform(&request_sender, &hub)?;
-    let (events, event_receiver) =
-        lifecycle::event_channel().map_err(io_error("create the event channel"))?;
-    let lifecycle = Lifecycle {
-        status: SharedStatus::default(),
-        events,
-    };
-    let vm_control = VmControl {
-        name: config.identity.name.clone(),
-        uuid: config.identity.uuid.to_string(),
-        topology: config.cpu,
-        status: lifecycle.status.clone(),
-        requests: request_sender.clone(),
-    };
-    let epoll = Arc::new(Epoll::new().map_err(io_error("create the control event loop"))?);
-    let serial_server = SerialServer::new(
-        hub.clone(),
+    let output = console::OutputBuffer::new(console::STDOUT_BUFFER)
+        .map_err(io_error("create the console output buffer"))?;
+    let writer = console::ConsoleWriter::new(output.clone(), io.console_tee);
+    let platform = platform::build(&io.command_sender, Box::new(writer))?;
+    let mut events = EventLoop::new().map_err(io_error("create the VMM event loop"))?;
+    events
+        .watch(io.commands.as_raw_fd(), COMMANDS)
+        .map_err(io_error("watch the command channel"))?;
+    let wants_input = platform
+        .serial_wants_input
+        .try_clone()
+        .map_err(io_error("watch the serial port"))?;
+    let console = console::Console::new(
         platform.serial.clone(),
-        serial_listener,
-        epoll.clone(),
-    )
-    .map_err(io_error("serve the serial console"))?;
-    let readiness = Readiness {
-        pattern_seen: hub.ready_seen(),
-        pattern: ready_pattern.map(str::to_owned),
-    };
-    let control_loop = ControlLoop::new(
-        epoll,
-        serial_server,
-        listeners,
-        event_receiver,
-        vm_control,
-        readiness,
-    )
-    .map_err(io_error("serve the control sockets"))?;
-    let control = ControlThread::start(control_loop)?;
-    let watcher = termination::TerminationWatcher::start(
-        termination_signals,
-        request_sender.clone(),
+        wants_input,
+        output,
+        io.typed_input,
+        io.stdin_input,
+    );
+    events
+        .add_handler(Box::new(console))
+        .map_err(io_error("watch the console's input and output"))?;
+    let termination = termination::Termination::new(
+        io.termination_signals,
         config.termination_grace_period_seconds,
     )
-    .map_err(io_error("start the signals thread"))?;
-    let _terminal = console::TerminalMode::character_mode();
-    let input = console::ConsoleInput::start(platform.serial.clone())
-        .map_err(io_error("start the serial input thread"))?;
-    let outcome = run_boots(
-        &kvm,
+    .map_err(io_error("create the power-off deadline timer"))?;
+    events
+        .add_handler(Box::new(termination))
+        .map_err(io_error("watch SIGTERM and SIGINT"))?;
+    let _terminal = io.stdin_input.then(console::TerminalMode::character_mode);
+    let mut vmm = Vmm {
+        kvm,
         config,
-        &guest_memory,
-        &platform,
-        &request_sender,
-        &requests,
-        &lifecycle,
-    );
-    input.stop();
-    watcher.stop();
-    control.stop();
-    for socket in [SERIAL_SOCKET, QMP_SOCKET, MONITOR_SOCKET, READY_SOCKET] {
-        run_dir.remove_socket(socket);
-    }
-    outcome
+        guest_memory,
+        platform,
+        events,
+        commands: io.commands,
+        command_sender: io.command_sender,
+        pending: VecDeque::new(),
+        lifecycle: io.events,
+        status: io.status,
+    };
+    vmm.run_boots()
 }
 
-/// Says which parts of the definition this vmpod cannot give the guest yet
-/// (rather than dropping them silently).
-fn warn_about_unbuilt_devices(config: &VmConfig) {
-    let mut missing = Vec::new();
-    if !config.disks.is_empty() {
-        missing.push(format!("{} disk(s)", config.disks.len()));
-    }
-    if !config.nics.is_empty() {
-        missing.push(format!("{} NIC(s)", config.nics.len()));
-    }
-    if config.rng {
-        missing.push("the rng device".into());
-    }
-    if !config.inputs.is_empty() {
-        missing.push("input devices".into());
-    }
-    if config.graphics {
-        missing.push("the graphics device".into());
-    }
-    if !missing.is_empty() {
-        log::warn!(
-            "this vmpod does not build virtio devices or a display yet: the guest will not see {}",
-            missing.join(", ")
-        );
-    }
+/// What is left of the commands queued when a boot ended, for the next
+/// boot: everything the control plane and signals asked for (a `quit`
+/// already answered, a second SIGTERM), in order; not what the old boot's
+/// guest asked for (another vCPU's reset or poweroff), which died with it.
+fn carry_over(pending: VecDeque<Command>) -> VecDeque<Command> {
+    pending
+        .into_iter()
+        .filter(|command| {
+            let stale = command.is_from_guest();
+            if stale {
+                log::debug!("dropped with the old boot: {command:?}");
+            }
+            !stale
+        })
+        .collect()
 }
 
-/// The `control` thread serving the sockets, stopped through an eventfd.
-struct ControlThread {
-    stop: EventFd,
-    thread: std::thread::JoinHandle<()>,
-}
-
-impl ControlThread {
-    fn start(mut control: ControlLoop) -> Result<Self, VmmError> {
-        let stop =
-            EventFd::new(libc::EFD_NONBLOCK).map_err(io_error("create the control stop event"))?;
-        let thread_stop = stop
-            .try_clone()
-            .map_err(io_error("create the control stop event"))?;
-        let thread = std::thread::Builder::new()
-            .name("control".into())
-            .spawn(move || {
-                if let Err(error) = control.run(&thread_stop) {
-                    log::error!("the control loop stopped: {error}");
+impl Vmm<'_> {
+    fn run_boots(&mut self) -> Result<Outcome, VmmError> {
+        for boot_number in 1u64.. {
+            let (vm, threads) = self.start(boot_number == 1)?;
+            self.status.set(Status::Running);
+            let ending = self.serve_boot(&threads);
+            threads.stop();
+            drop(vm);
+            // The vCPUs are gone, so everything the old boot's guest asked
+            // for is in the channel now.
+            self.pending.extend(self.commands.drain());
+            self.pending = carry_over(std::mem::take(&mut self.pending));
+            match ending? {
+                Ending::Poweroff => {
+                    log::info!("the guest powered off");
+                    return Ok(self.finish(Outcome::Poweroff));
                 }
-            })
-            .map_err(io_error("start the control thread"))?;
-        Ok(ControlThread { stop, thread })
-    }
-
-    fn stop(self) {
-        let _ = self.stop.write(1);
-        if self.thread.join().is_err() {
-            log::error!("the control thread panicked");
+                Ending::Quit => {
+                    log::info!("stopped by a quit command");
+                    return Ok(self.finish(Outcome::Poweroff));
+                }
+                Ending::ForcedStop(signal) => return Ok(self.finish(Outcome::ForcedStop(signal))),
+                Ending::Reset(reason) => {
+                    log::info!(
+                        "the guest reset ({reason}): booting it again in this process (boot {})",
+                        boot_number + 1
+                    );
+                    self.lifecycle.send(Timed::now(Event::Reset));
+                    memory::clear(&self.guest_memory)?;
+                }
+                Ending::Failed(error) => {
+                    self.finish(Outcome::Poweroff);
+                    return Err(VmmError::Guest(error));
+                }
+            }
         }
+        unreachable!("boot numbers do not run out")
     }
-}
 
-/// What the control plane sees of the VM: its status and its events.
-pub struct Lifecycle {
-    pub status: SharedStatus,
-    pub events: EventSender,
-}
+    fn finish(&self, outcome: Outcome) -> Outcome {
+        self.status.set(Status::Shutdown);
+        self.lifecycle.send(Timed::now(Event::Shutdown));
+        outcome
+    }
 
-fn run_boots(
-    kvm: &Kvm,
-    config: &VmConfig,
-    guest_memory: &GuestMemoryMmap,
-    platform: &Platform,
-    request_sender: &mpsc::Sender<VmRequest>,
-    requests: &Receiver<VmRequest>,
-    lifecycle: &Lifecycle,
-) -> Result<Outcome, VmmError> {
-    for boot_number in 1u64.. {
-        let shared = Arc::new(vcpu::VcpuShared::new(
-            platform.pio.clone(),
-            platform.mmio.clone(),
-            request_sender.clone(),
-        ));
-        let (vm, threads) = start(
-            kvm,
-            config,
-            guest_memory,
-            platform,
-            shared,
-            boot_number == 1,
-        )?;
-        lifecycle.status.set(Status::Running);
-        let ending = serve_boot(&threads, platform, requests, lifecycle);
-        log::debug!("{ending:?}: stopping the vCPUs");
-        threads.stop();
-        drop(vm);
-        while requests.try_recv().is_ok() {} // other vCPUs may have said the same
-        match ending {
-            VmRequest::Poweroff => {
-                log::info!("the guest powered off");
-                return finish(lifecycle, Outcome::Poweroff);
+    /// Serves one boot: applies commands as they come and waits on the
+    /// event loop in between; returns what ended the boot.
+    fn serve_boot(&mut self, threads: &vcpu::VcpuThreads) -> Result<Ending, VmmError> {
+        loop {
+            while let Some(command) = self.pending.pop_front() {
+                if let Some(ending) = self.apply(command, threads) {
+                    return Ok(ending);
+                }
             }
-            VmRequest::Quit => {
-                log::info!("stopped by a quit command");
-                return finish(lifecycle, Outcome::Poweroff);
-            }
-            VmRequest::ForcedStop(signal) => return finish(lifecycle, Outcome::ForcedStop(signal)),
-            VmRequest::Reset(reason) => {
-                log::info!(
-                    "the guest reset ({reason}): booting it again in this process (boot {})",
-                    boot_number + 1
-                );
-                lifecycle.events.send(Event::Reset);
-                platform.hub.forget_ready_pattern();
-                memory::clear(guest_memory)?;
-            }
-            VmRequest::Fatal(message) => {
-                lifecycle.status.set(Status::Shutdown);
-                return Err(VmmError::Fatal(message));
-            }
-            other => {
-                return Err(VmmError::Fatal(format!(
-                    "unexpected end of a boot: {other:?}"
-                )))
+            let ready = self
+                .events
+                .wait(&mut self.pending)
+                .map_err(io_error("wait for events"))?;
+            if ready.contains(&COMMANDS) {
+                self.pending.extend(self.commands.drain());
             }
         }
     }
-    unreachable!("boot numbers do not run out")
-}
 
-fn finish(lifecycle: &Lifecycle, outcome: Outcome) -> Result<Outcome, VmmError> {
-    lifecycle.status.set(Status::Shutdown);
-    lifecycle.events.send(Event::Shutdown);
-    Ok(outcome)
-}
-
-/// Serves requests during one boot; returns the one that ends it.
-fn serve_boot(
-    threads: &vcpu::VcpuThreads,
-    platform: &Platform,
-    requests: &Receiver<VmRequest>,
-    lifecycle: &Lifecycle,
-) -> VmRequest {
-    loop {
-        // We hold a sender ourselves, so this only returns with a request.
-        let request = match requests.recv() {
-            Ok(request) => request,
-            Err(_) => return VmRequest::Fatal("request channel closed".into()),
-        };
-        match request {
-            VmRequest::Pause if lifecycle.status.get() == Status::Running => {
+    /// Applies one command; returns how the boot ends if it ends it.
+    fn apply(&mut self, command: Command, threads: &vcpu::VcpuThreads) -> Option<Ending> {
+        match command {
+            Command::Pause if self.status.get() == Status::Running => {
                 threads.pause();
-                lifecycle.status.set(Status::Paused);
-                lifecycle.events.send(Event::Stop);
+                self.status.set(Status::Paused);
+                self.lifecycle.send(Timed::now(Event::Stop));
             }
-            VmRequest::Resume if lifecycle.status.get() == Status::Paused => {
+            Command::Resume if self.status.get() == Status::Paused => {
                 threads.resume();
-                lifecycle.status.set(Status::Running);
-                lifecycle.events.send(Event::Resume);
+                self.status.set(Status::Running);
+                self.lifecycle.send(Timed::now(Event::Resume));
             }
-            VmRequest::Pause | VmRequest::Resume => {} // already so
-            VmRequest::Powerdown => {
-                let mut ged = platform.ged.lock().unwrap_or_else(|p| p.into_inner());
+            Command::Pause | Command::Resume => {} // already so
+            Command::Powerdown => {
+                let mut ged = self.platform.ged.lock().unwrap_or_else(|p| p.into_inner());
                 if let Err(error) = ged.press_power_button() {
                     log::error!("could not press the power button: {error}");
                 }
-                lifecycle.events.send(Event::Powerdown);
+                self.lifecycle.send(Timed::now(Event::Powerdown));
             }
-            VmRequest::SendKeys(scancodes) => {
-                platform
+            Command::Keys(keys) => {
+                let mut i8042 = self
+                    .platform
                     .i8042
                     .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .press(&scancodes);
+                    .unwrap_or_else(|p| p.into_inner());
+                i8042.press(&keys);
             }
-            ending => return ending,
+            Command::Reset => return Some(Ending::Reset("a system_reset command")),
+            Command::Quit => return Some(Ending::Quit),
+            Command::ForcedStop(signal) => return Some(Ending::ForcedStop(signal)),
+            Command::GuestPoweroff => return Some(Ending::Poweroff),
+            Command::GuestReset(reason) => return Some(Ending::Reset(reason)),
+            Command::GuestFailed(error) => return Some(Ending::Failed(error)),
         }
+        None
     }
-}
 
-/// Builds the KVM VM for one boot and starts its vCPUs.
-fn start(
-    kvm: &Kvm,
-    config: &VmConfig,
-    guest_memory: &GuestMemoryMmap,
-    platform: &Platform,
-    shared: Arc<vcpu::VcpuShared>,
-    first_boot: bool,
-) -> Result<(VmFd, vcpu::VcpuThreads), VmmError> {
-    let vm = kvm.create_vm().map_err(kvm_error("create a VM"))?;
-    // Memory first: a memslot change waits for an SRCU grace period, which
-    // costs milliseconds once the in-kernel irqchip and PIT exist.
-    register_memory(&vm, guest_memory)?;
-    vm.set_tss_address(layout::KVM_TSS_ADDR as usize)
-        .map_err(kvm_error("set the TSS address"))?;
-    vm.set_identity_map_address(layout::KVM_IDENTITY_MAP_ADDR)
-        .map_err(kvm_error("set the identity map address"))?;
-    vm.create_irq_chip()
-        .map_err(kvm_error("create the interrupt controllers"))?;
-    let pit = kvm_pit_config {
-        flags: KVM_PIT_SPEAKER_DUMMY,
-        ..Default::default()
-    };
-    vm.create_pit2(pit).map_err(kvm_error("create the PIT"))?;
-    vm.register_irqfd(&platform.serial_interrupt, layout::COM1_IRQ)
-        .map_err(kvm_error("wire the serial interrupt"))?;
-    vm.register_irqfd(&platform.ged_interrupt, layout::GED_IRQ)
-        .map_err(kvm_error("wire the power button interrupt"))?;
-    vm.register_irqfd(&platform.keyboard_interrupt, layout::KEYBOARD_IRQ)
-        .map_err(kvm_error("wire the keyboard interrupt"))?;
+    /// Builds the KVM VM for one boot and starts its vCPUs.
+    fn start(&self, first_boot: bool) -> Result<(VmFd, vcpu::VcpuThreads), VmmError> {
+        let vm = self.kvm.create_vm().map_err(kvm_error("create a VM"))?;
+        // Memory first: a memslot change waits for an SRCU grace period, which
+        // costs milliseconds once the in-kernel irqchip and PIT exist.
+        register_memory(&vm, &self.guest_memory)?;
+        vm.set_tss_address(layout::KVM_TSS_ADDR as usize)
+            .map_err(kvm_error("set the TSS address"))?;
+        vm.set_identity_map_address(layout::KVM_IDENTITY_MAP_ADDR)
+            .map_err(kvm_error("set the identity map address"))?;
+        vm.create_irq_chip()
+            .map_err(kvm_error("create the interrupt controllers"))?;
+        let pit = kvm_pit_config {
+            flags: KVM_PIT_SPEAKER_DUMMY,
+            ..Default::default()
+        };
+        vm.create_pit2(pit).map_err(kvm_error("create the PIT"))?;
+        self.platform.devices.attach(&vm)?;
 
-    let apic_ids = cpu::apic_ids(&config.cpu);
-    let tables = acpi::build(&acpi::AcpiFacts {
-        apic_ids: &apic_ids,
-    })?;
-    boot::write_acpi(guest_memory, &tables)?;
-    boot::write_reset_vector(guest_memory)?;
-    cpu::write_boot_tables(guest_memory)?;
-    let entry = boot::load(
-        guest_memory,
-        &boot::BootSpec {
-            kernel: &config.boot.kernel,
-            initrd: config.boot.initrd.as_deref(),
-            cmdline: &config.boot.cmdline,
-            memory_bytes: config.memory_bytes,
-            rsdp_address: tables.rsdp_address,
-        },
-    )?;
-    let vcpus = create_vcpus(kvm, &vm, config, &apic_ids, entry, first_boot)?;
-    let threads = vcpu::spawn(vcpus, shared).map_err(io_error("start the vCPU threads"))?;
-    Ok((vm, threads))
+        let config = self.config;
+        let apic_ids = config.cpu.apic_ids();
+        let devices = self.platform.devices.acpi_devices();
+        let tables = acpi::build(&acpi::AcpiFacts {
+            apic_ids: &apic_ids,
+            devices: &devices,
+        })?;
+        boot::write_acpi(&self.guest_memory, &tables)?;
+        boot::write_reset_vector(&self.guest_memory)?;
+        cpu::write_boot_tables(&self.guest_memory)?;
+        let entry = boot::load(
+            &self.guest_memory,
+            &boot::BootSpec {
+                kernel: &config.boot.kernel,
+                initrd: config.boot.initrd.as_deref(),
+                cmdline: &config.boot.cmdline,
+                memory_bytes: config.memory_bytes,
+                rsdp_address: tables.rsdp_address,
+            },
+        )?;
+        let vcpus = create_vcpus(self.kvm, &vm, config, &apic_ids, entry, first_boot)?;
+        let (pio, mmio) = self.platform.devices.buses();
+        let shared = Arc::new(vcpu::VcpuShared::new(
+            pio,
+            mmio,
+            self.command_sender.clone(),
+        ));
+        let threads = vcpu::spawn(vcpus, shared).map_err(io_error("start the vCPU threads"))?;
+        Ok((vm, threads))
+    }
 }
 
 fn register_memory(vm: &VmFd, guest_memory: &GuestMemoryMmap) -> Result<(), VmmError> {
     for (slot, region) in guest_memory.iter().enumerate() {
         let host = region
             .get_host_address(MemoryRegionAddress(0))
-            .map_err(|_| VmmError::Fatal("guest memory region without a host mapping".into()))?;
+            .map_err(|source| VmmError::Unmapped {
+                address: region.start_addr().0,
+                source,
+            })?;
         let region_spec = kvm_userspace_memory_region {
             slot: slot as u32,
             guest_phys_addr: region.start_addr().0,
@@ -554,4 +419,25 @@ fn create_vcpus(
         vcpus.push(vcpu);
     }
     Ok(vcpus)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_reset_carries_commands_over_but_not_the_old_guests_requests() {
+        let pending = VecDeque::from([
+            Command::GuestReset("ACPI reset register"),
+            Command::Quit,
+            Command::GuestPoweroff,
+            Command::ForcedStop(15),
+            Command::Pause,
+        ]);
+        let kept: Vec<String> = carry_over(pending)
+            .iter()
+            .map(|command| format!("{command:?}"))
+            .collect();
+        assert_eq!(kept, ["Quit", "ForcedStop(15)", "Pause"]);
+    }
 }

@@ -3,14 +3,17 @@
 //! (less a margin, so vmpod still exits cleanly before the kubelet kills
 //! it) to power off. A second signal, or the end of that time, stops the VM.
 //!
-//! Runs on the `signals` thread; reaches the VM through the request channel.
+//! An event handler on the VMM thread's loop: the signals arrive through a
+//! signalfd, the deadline through a timerfd. Nothing sleeps or polls.
 
-use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::os::fd::AsRawFd;
+use std::time::Duration;
 
-use vmm_sys_util::eventfd::EventFd;
+use vmm_sys_util::epoll::EventSet;
+use vmm_sys_util::timerfd::TimerFd;
 
-use crate::devices::{RequestSender, VmRequest};
+use super::event_loop::{EventHandler, Registrar};
+use crate::api::Command;
 use crate::signals::SignalFd;
 
 /// The signals that ask vmpod to end the VM.
@@ -31,94 +34,71 @@ pub fn signal_name(signal: u32) -> &'static str {
     }
 }
 
-pub struct TerminationWatcher {
-    stop: EventFd,
-    thread: JoinHandle<()>,
+const SIGNAL: u32 = 0;
+const DEADLINE: u32 = 1;
+
+pub struct Termination {
+    signals: SignalFd,
+    deadline: TimerFd,
+    allowed: Duration,
+    /// The first signal, once one came.
+    first: Option<u32>,
 }
 
-impl TerminationWatcher {
-    pub fn start(
-        signals: SignalFd,
-        requests: RequestSender,
-        grace_seconds: u64,
-    ) -> std::io::Result<Self> {
-        let stop = EventFd::new(libc::EFD_NONBLOCK)?;
-        let thread_stop = stop.try_clone()?;
-        let thread = std::thread::Builder::new()
-            .name("signals".into())
-            .spawn(move || {
-                watch(
-                    &signals,
-                    &thread_stop,
-                    &requests,
-                    guest_deadline(grace_seconds),
-                )
-            })?;
-        Ok(TerminationWatcher { stop, thread })
+impl Termination {
+    pub fn new(signals: SignalFd, grace_seconds: u64) -> std::io::Result<Self> {
+        Ok(Termination {
+            signals,
+            deadline: TimerFd::new().map_err(std::io::Error::from)?,
+            allowed: guest_deadline(grace_seconds),
+            first: None,
+        })
     }
 
-    pub fn stop(self) {
-        let _ = self.stop.write(1);
-        if self.thread.join().is_err() {
-            log::error!("the signals thread panicked");
-        }
-    }
-}
-
-fn watch(signals: &SignalFd, stop: &EventFd, requests: &RequestSender, allowed: Duration) {
-    let mut first: Option<(u32, Instant)> = None;
-    loop {
-        let timeout = first.map_or(-1, |(_, pressed)| {
-            allowed
-                .saturating_sub(pressed.elapsed())
-                .as_millis()
-                .min(i32::MAX as u128) as i32
-        });
-        let mut fds = [
-            libc::pollfd {
-                fd: signals.as_raw_fd(),
-                events: libc::POLLIN,
-                revents: 0,
-            },
-            libc::pollfd {
-                fd: std::os::fd::AsRawFd::as_raw_fd(stop),
-                events: libc::POLLIN,
-                revents: 0,
-            },
-        ];
-        // SAFETY: `fds` holds two valid pollfd entries for the call.
-        let ready = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, timeout) };
-        if fds[1].revents != 0 {
-            return;
-        }
-        if ready == 0 {
-            if let Some((signal, _)) = first {
-                log::warn!(
-                    "the guest did not power off within {} s of the power button: stopping it",
-                    allowed.as_secs()
-                );
-                let _ = requests.send(VmRequest::ForcedStop(signal));
-            }
-            return;
-        }
-        let Some(signal) = signals.read() else {
-            continue;
-        };
-        match first {
+    /// What a signal means now: the power button the first time, a stop
+    /// the second.
+    fn on_signal(&mut self, signal: u32) -> Command {
+        match self.first {
             None => {
                 log::info!(
                     "{}: pressing the ACPI power button; the guest has {} s to power off",
                     signal_name(signal),
-                    allowed.as_secs()
+                    self.allowed.as_secs()
                 );
-                let _ = requests.send(VmRequest::Powerdown);
-                first = Some((signal, Instant::now()));
+                self.first = Some(signal);
+                if let Err(error) = self.deadline.reset(self.allowed, None) {
+                    log::error!("cannot set the power-off deadline ({error}): stopping the VM now");
+                    return Command::ForcedStop(signal);
+                }
+                Command::Powerdown
             }
-            Some((first_signal, _)) => {
+            Some(first) => {
                 log::warn!("a second {}: stopping the VM now", signal_name(signal));
-                let _ = requests.send(VmRequest::ForcedStop(first_signal));
-                return;
+                Command::ForcedStop(first)
             }
+        }
+    }
+}
+
+impl EventHandler for Termination {
+    fn register(&mut self, events: &Registrar<'_>) -> std::io::Result<()> {
+        events.add(self.signals.as_raw_fd(), SIGNAL, EventSet::IN)?;
+        events.add(self.deadline.as_raw_fd(), DEADLINE, EventSet::IN)
+    }
+
+    fn handle(&mut self, source: u32, _: EventSet, _: &Registrar<'_>) -> Option<Command> {
+        match source {
+            SIGNAL => self.signals.read().map(|signal| self.on_signal(signal)),
+            DEADLINE => {
+                let _ = self.deadline.wait();
+                let signal = self.first?;
+                log::warn!(
+                    "the guest did not power off within {} s of the power button: stopping it",
+                    self.allowed.as_secs()
+                );
+                Some(Command::ForcedStop(signal))
+            }
+            _ => None,
         }
     }
 }
@@ -133,5 +113,21 @@ mod tests {
         assert_eq!(guest_deadline(30), Duration::from_secs(27));
         assert_eq!(guest_deadline(3), Duration::from_secs(2));
         assert_eq!(guest_deadline(0), Duration::from_secs(1));
+    }
+
+    #[test]
+    fn the_first_signal_presses_the_button_and_the_second_stops() {
+        // SIGUSR2 is never sent to the test process; only its number matters here.
+        let signals = SignalFd::take(&[libc::SIGUSR2]).expect("signalfd");
+        let mut termination = Termination::new(signals, 30).expect("timerfd");
+        assert!(matches!(
+            termination.on_signal(libc::SIGTERM as u32),
+            Command::Powerdown
+        ));
+        assert!(termination.deadline.is_armed().expect("armed"));
+        assert!(matches!(
+            termination.on_signal(libc::SIGINT as u32),
+            Command::ForcedStop(signal) if signal == libc::SIGTERM as u32
+        ));
     }
 }

@@ -1,6 +1,6 @@
 //! vCPU threads: one named thread per vCPU (`vcpu0`, …) blocked in
 //! KVM_RUN, relaying port and MMIO exits to the buses and lifecycle exits
-//! (triple fault, KVM errors) to the VMM as requests.
+//! (poweroff, triple fault, KVM errors) to the VMM thread as commands.
 //!
 //! Stopping is a signal plus `immediate_exit`: the signal handler marks the
 //! thread's `kvm_run`, so a KVM_RUN that is just being entered returns at
@@ -15,14 +15,38 @@ use kvm_bindings::kvm_run;
 use kvm_ioctls::{VcpuExit, VcpuFd};
 use vmm_sys_util::signal::{register_signal_handler, Killable, SIGRTMIN};
 
+use crate::api::{Command, CommandSender};
 use crate::devices::bus::Bus;
-use crate::devices::{RequestSender, VmRequest};
+
+/// Why a vCPU stopped the VM.
+#[derive(Debug, thiserror::Error)]
+pub enum VcpuError {
+    #[error("KVM_RUN failed on vCPU {vcpu}")]
+    Run {
+        vcpu: usize,
+        #[source]
+        source: kvm_ioctls::Error,
+    },
+    #[error("KVM stopped vCPU {vcpu} on {why} (suberror {suberror}, guest RIP {rip})")]
+    Internal {
+        vcpu: usize,
+        why: &'static str,
+        suberror: u32,
+        rip: String,
+    },
+    #[error("KVM could not enter vCPU {vcpu} (hardware reason {reason:#x}, host CPU {cpu})")]
+    FailEntry { vcpu: usize, reason: u64, cpu: u32 },
+}
+
+fn failed(error: VcpuError) -> Command {
+    Command::GuestFailed(Box::new(error))
+}
 
 /// What every vCPU thread shares.
 pub struct VcpuShared {
     pub pio: Bus,
     pub mmio: Bus,
-    pub requests: RequestSender,
+    pub commands: CommandSender,
     stop: AtomicBool,
     unhandled_accesses: AtomicU64,
     pause: Mutex<PauseState>,
@@ -38,11 +62,11 @@ struct PauseState {
 }
 
 impl VcpuShared {
-    pub fn new(pio: Bus, mmio: Bus, requests: RequestSender) -> Self {
+    pub fn new(pio: Bus, mmio: Bus, commands: CommandSender) -> Self {
         VcpuShared {
             pio,
             mmio,
-            requests,
+            commands,
             stop: AtomicBool::new(false),
             unhandled_accesses: AtomicU64::new(0),
             pause: Mutex::new(PauseState::default()),
@@ -192,13 +216,14 @@ fn run(mut vcpu: VcpuFd, index: usize, shared: &VcpuShared) {
                 vcpu.set_kvm_immediate_exit(0);
                 None
             }
-            Err(error) => Some(VmRequest::Fatal(format!(
-                "KVM_RUN failed on vCPU {index}: {error}"
-            ))),
+            Err(source) => Some(failed(VcpuError::Run {
+                vcpu: index,
+                source,
+            })),
         };
         if let Some(request) = request {
             // The VMM may already be stopping; then nobody needs to hear it.
-            let _ = shared.requests.send(request);
+            shared.commands.send(request);
             break;
         }
     }
@@ -208,7 +233,7 @@ fn run(mut vcpu: VcpuFd, index: usize, shared: &VcpuShared) {
 }
 
 /// Describes a KVM internal error with what KVM and the registers say.
-fn internal_error(vcpu: &mut VcpuFd, index: usize) -> VmRequest {
+fn internal_error(vcpu: &mut VcpuFd, index: usize) -> Command {
     // SAFETY: the exit was KVM_EXIT_INTERNAL_ERROR, so KVM filled in `internal`.
     let internal = unsafe { vcpu.get_kvm_run().__bindgen_anon_1.internal };
     let why = match internal.suberror {
@@ -221,14 +246,16 @@ fn internal_error(vcpu: &mut VcpuFd, index: usize) -> VmRequest {
         .get_regs()
         .map(|regs| format!("{:#x}", regs.rip))
         .unwrap_or_else(|_| "unknown".into());
-    VmRequest::Fatal(format!(
-        "KVM stopped vCPU {index} on {why} (suberror {}, guest RIP {rip})",
-        internal.suberror
-    ))
+    failed(VcpuError::Internal {
+        vcpu: index,
+        why,
+        suberror: internal.suberror,
+        rip,
+    })
 }
 
 /// Handles one exit; returns a request when the VM must change state.
-fn handle_exit(exit: VcpuExit, index: usize, shared: &VcpuShared) -> Option<VmRequest> {
+fn handle_exit(exit: VcpuExit, index: usize, shared: &VcpuShared) -> Option<Command> {
     match exit {
         VcpuExit::IoIn(port, data) => {
             if !shared.pio.read(u64::from(port), data) {
@@ -255,17 +282,19 @@ fn handle_exit(exit: VcpuExit, index: usize, shared: &VcpuShared) -> Option<VmRe
         VcpuExit::Hlt => {
             log::debug!("vCPU {index} halted with no interrupt controller to wake it");
         }
-        VcpuExit::Shutdown => return Some(VmRequest::Reset("triple fault")),
+        VcpuExit::Shutdown => return Some(Command::GuestReset("triple fault")),
         VcpuExit::SystemEvent(kind, _) => {
             return Some(match kind {
-                kvm_bindings::KVM_SYSTEM_EVENT_SHUTDOWN => VmRequest::Poweroff,
-                _ => VmRequest::Reset("system event"),
+                kvm_bindings::KVM_SYSTEM_EVENT_SHUTDOWN => Command::GuestPoweroff,
+                _ => Command::GuestReset("system event"),
             })
         }
         VcpuExit::FailEntry(reason, cpu) => {
-            return Some(VmRequest::Fatal(format!(
-                "KVM could not enter vCPU {index} (hardware reason {reason:#x}, host CPU {cpu})"
-            )))
+            return Some(failed(VcpuError::FailEntry {
+                vcpu: index,
+                reason,
+                cpu,
+            }))
         }
         other => log::debug!("vCPU {index}: ignored exit {other:?}"),
     }

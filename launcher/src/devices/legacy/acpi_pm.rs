@@ -5,8 +5,8 @@
 //!
 //! Runs on the vCPU thread that accesses it.
 
+use crate::api::{Command, CommandSender};
 use crate::devices::bus::BusDevice;
-use crate::devices::{RequestSender, VmRequest};
 
 const SLEEP_CONTROL: u64 = 0;
 const SLEEP_STATUS: u64 = 1;
@@ -19,11 +19,11 @@ const SLP_TYP_MASK: u8 = 0b111;
 pub struct AcpiPlatform {
     s5_sleep_type: u8,
     reset_value: u8,
-    requests: RequestSender,
+    requests: CommandSender,
 }
 
 impl AcpiPlatform {
-    pub fn new(s5_sleep_type: u8, reset_value: u8, requests: RequestSender) -> Self {
+    pub fn new(s5_sleep_type: u8, reset_value: u8, requests: CommandSender) -> Self {
         AcpiPlatform {
             s5_sleep_type,
             reset_value,
@@ -50,13 +50,13 @@ impl BusDevice for AcpiPlatform {
                     );
                     return;
                 }
-                VmRequest::Poweroff
+                Command::GuestPoweroff
             }
-            RESET if value == self.reset_value => VmRequest::Reset("ACPI reset register"),
+            RESET if value == self.reset_value => Command::GuestReset("ACPI reset register"),
             _ => return,
         };
         // The VMM may already be gone on its way out; nothing to do then.
-        let _ = self.requests.send(request);
+        self.requests.send(request);
     }
 }
 
@@ -64,8 +64,8 @@ impl BusDevice for AcpiPlatform {
 mod tests {
     use super::*;
 
-    fn platform() -> (AcpiPlatform, std::sync::mpsc::Receiver<VmRequest>) {
-        let (sender, receiver) = std::sync::mpsc::channel();
+    fn platform() -> (AcpiPlatform, crate::api::CommandReceiver) {
+        let (sender, receiver) = crate::api::channel().expect("channel");
         (AcpiPlatform::new(5, 1, sender), receiver)
     }
 
@@ -74,29 +74,29 @@ mod tests {
         let (mut device, requests) = platform();
         device.write(SLEEP_CONTROL, &[5 << 2]);
         assert!(
-            requests.try_recv().is_err(),
+            requests.drain().is_empty(),
             "without SLP_EN nothing happens"
         );
         device.write(SLEEP_CONTROL, &[(5 << 2) | SLP_EN]);
-        assert_eq!(requests.try_recv(), Ok(VmRequest::Poweroff));
+        assert!(matches!(requests.drain()[..], [Command::GuestPoweroff]));
     }
 
     #[test]
     fn other_sleep_states_are_refused() {
         let (mut device, requests) = platform();
         device.write(SLEEP_CONTROL, &[(3 << 2) | SLP_EN]);
-        assert!(requests.try_recv().is_err());
+        assert!(requests.drain().is_empty());
     }
 
     #[test]
     fn reset_value_resets() {
         let (mut device, requests) = platform();
         device.write(RESET, &[2]);
-        assert!(requests.try_recv().is_err());
+        assert!(requests.drain().is_empty());
         device.write(RESET, &[1]);
-        assert_eq!(
-            requests.try_recv(),
-            Ok(VmRequest::Reset("ACPI reset register"))
-        );
+        assert!(matches!(
+            requests.drain()[..],
+            [Command::GuestReset("ACPI reset register")]
+        ));
     }
 }

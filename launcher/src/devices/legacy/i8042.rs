@@ -5,14 +5,14 @@
 //! Command 0xFE on the command port pulses the CPU reset line.
 //!
 //! Registered at ports 0x60–0x64. Register accesses run on vCPU threads,
-//! key presses on the VMM thread; both through the device's mutex.
+//! key presses on the VMM thread (its event loop); both through the device's mutex.
 
 use std::collections::VecDeque;
 
 use vmm_sys_util::eventfd::EventFd;
 
+use crate::api::{keys, Command, CommandSender, KeyEvent};
 use crate::devices::bus::BusDevice;
-use crate::devices::{RequestSender, VmRequest};
 
 const DATA_OFFSET: u64 = 0;
 const COMMAND_OFFSET: u64 = 4;
@@ -37,7 +37,7 @@ const SELF_TEST_PASSED: u8 = 0xaa;
 const OUTPUT_LIMIT: usize = 1024;
 
 pub struct I8042 {
-    requests: RequestSender,
+    requests: CommandSender,
     interrupt: EventFd,
     output: VecDeque<u8>,
     command_byte: u8,
@@ -51,7 +51,7 @@ pub struct I8042 {
 
 impl I8042 {
     /// `interrupt` is the eventfd registered as IRQ 1's irqfd.
-    pub fn new(requests: RequestSender, interrupt: EventFd) -> Self {
+    pub fn new(requests: CommandSender, interrupt: EventFd) -> Self {
         I8042 {
             requests,
             interrupt,
@@ -66,13 +66,13 @@ impl I8042 {
         }
     }
 
-    /// Types scancodes (set 1) as if from the keyboard.
-    pub fn press(&mut self, scancodes: &[u8]) {
+    /// Types keys as if from the keyboard (in scancode set 1).
+    pub fn press(&mut self, events: &[KeyEvent]) {
         if !self.scanning || self.command_byte & COMMAND_BYTE_KEYBOARD_DISABLED != 0 {
             log::info!("keys were sent while the guest had the keyboard disabled: dropped");
             return;
         }
-        self.reply(scancodes);
+        self.reply(&keys::set1_bytes(events));
     }
 
     fn reply(&mut self, bytes: &[u8]) {
@@ -110,7 +110,7 @@ impl I8042 {
             0xae => self.command_byte &= !COMMAND_BYTE_KEYBOARD_DISABLED,
             0xfe => {
                 // The VMM may already be gone on its way out; nothing to do then.
-                let _ = self.requests.send(VmRequest::Reset("i8042 reset line"));
+                self.requests.send(Command::GuestReset("i8042 reset line"));
             }
             _ => {} // A20, mouse enable/disable, LEDs of old laptops: nothing to do
         }
@@ -196,8 +196,8 @@ impl BusDevice for I8042 {
 mod tests {
     use super::*;
 
-    fn controller() -> (I8042, std::sync::mpsc::Receiver<VmRequest>, EventFd) {
-        let (sender, receiver) = std::sync::mpsc::channel();
+    fn controller() -> (I8042, crate::api::CommandReceiver, EventFd) {
+        let (sender, receiver) = crate::api::channel().expect("channel");
         let interrupt = EventFd::new(libc::EFD_NONBLOCK).expect("eventfd");
         (
             I8042::new(sender, interrupt.try_clone().expect("clone")),
@@ -224,10 +224,10 @@ mod tests {
     fn pulse_reset_asks_for_a_reset() {
         let (mut i8042, requests, _) = controller();
         i8042.write(COMMAND_OFFSET, &[0xfe]);
-        assert_eq!(
-            requests.try_recv(),
-            Ok(VmRequest::Reset("i8042 reset line"))
-        );
+        assert!(matches!(
+            requests.drain()[..],
+            [Command::GuestReset("i8042 reset line")]
+        ));
     }
 
     #[test]
@@ -255,12 +255,13 @@ mod tests {
     #[test]
     fn pressed_keys_arrive_with_an_interrupt() {
         let (mut i8042, _, interrupt) = controller();
-        i8042.press(&[0x1e, 0x9e]);
+        let a = keys::chord(&["a"]).expect("a key");
+        i8042.press(&a);
         assert!(interrupt.read().is_ok());
         assert_eq!(read_all(&mut i8042), [0x1e, 0x9e]);
         i8042.write(DATA_OFFSET, &[0xf5]); // the guest disables scanning
         read_all(&mut i8042);
-        i8042.press(&[0x1e]);
+        i8042.press(&a);
         assert!(read_all(&mut i8042).is_empty());
     }
 }

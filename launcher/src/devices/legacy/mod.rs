@@ -3,5 +3,4 @@
 
 pub mod acpi_pm;
 pub mod i8042;
-pub mod keys;
 pub mod serial;

@@ -1,24 +1,21 @@
-//! COM1: a 16550 UART (vm-superio) whose output goes to a writer (the
-//! container's stdout for now) and whose input comes from a bounded queue
-//! that refills the UART's 64-byte FIFO as the guest reads, so typed input
-//! is never dropped. Its interrupt is an eventfd wired to IRQ 4 (irqfd).
+//! COM1: a 16550 UART (vm-superio) whose output goes to a writer and whose
+//! input is offered by the VMM's event loop, at most as much as the UART's
+//! 64-byte FIFO has room for. When the guest has read the FIFO empty, the
+//! UART signals `wants_input` (vm-superio's `in_buffer_empty` event), and
+//! the event loop offers more: nothing polls, and typed input waits in its
+//! source (stdin, the control plane's socket) instead of being dropped.
+//! Its interrupt is an eventfd wired to IRQ 4 (irqfd).
 //!
-//! Register accesses run on vCPU threads; input arrives from the input
+//! Register accesses run on vCPU threads; input arrives from the VMM
 //! thread. Both go through the device's mutex.
 
-use std::collections::VecDeque;
 use std::io::Write;
 
-use vm_superio::serial::NoEvents;
+use vm_superio::serial::SerialEvents;
 use vm_superio::{Serial, Trigger};
 use vmm_sys_util::eventfd::EventFd;
 
 use crate::devices::bus::BusDevice;
-
-/// How much typed-ahead input waits for the guest before the sender is
-/// asked to hold back.
-pub const INPUT_QUEUE_LIMIT: usize = 64 * 1024;
-const DATA_REGISTER: u64 = 0;
 
 /// Raises the UART's interrupt line by signalling its irqfd.
 pub struct IrqTrigger(EventFd);
@@ -31,38 +28,50 @@ impl Trigger for IrqTrigger {
     }
 }
 
+/// Tells the event loop that the guest emptied the receive FIFO.
+pub struct InputWanted(EventFd);
+
+impl SerialEvents for InputWanted {
+    fn buffer_read(&self) {}
+    fn out_byte(&self) {}
+    fn tx_lost_byte(&self) {}
+    fn in_buffer_empty(&self) {
+        // A full counter still reads as readable; nothing is lost.
+        let _ = self.0.write(1);
+    }
+}
+
 pub struct SerialPort {
-    uart: Serial<IrqTrigger, NoEvents, Box<dyn Write + Send>>,
-    pending_input: VecDeque<u8>,
+    uart: Serial<IrqTrigger, InputWanted, Box<dyn Write + Send>>,
 }
 
 impl SerialPort {
-    /// `interrupt` is the eventfd registered as the UART's irqfd.
-    pub fn new(interrupt: EventFd, output: Box<dyn Write + Send>) -> Self {
+    /// `interrupt` is the eventfd registered as the UART's irqfd;
+    /// `wants_input` becomes readable when the guest has read all input.
+    pub fn new(interrupt: EventFd, wants_input: EventFd, output: Box<dyn Write + Send>) -> Self {
         SerialPort {
-            uart: Serial::new(IrqTrigger(interrupt), output),
-            pending_input: VecDeque::new(),
+            uart: Serial::with_events(IrqTrigger(interrupt), InputWanted(wants_input), output),
         }
     }
 
-    /// Queues bytes typed for the guest; returns how many were taken (fewer
-    /// than offered only when the queue is full: offer the rest later).
+    /// How many typed bytes the UART can take now.
+    pub fn input_room(&self) -> usize {
+        self.uart.fifo_capacity()
+    }
+
+    /// Passes typed bytes to the guest; returns how many it took (at most
+    /// [`Self::input_room`]: offer the rest after `wants_input`).
     pub fn queue_input(&mut self, bytes: &[u8]) -> usize {
-        let room = INPUT_QUEUE_LIMIT.saturating_sub(self.pending_input.len());
-        let taken = room.min(bytes.len());
-        self.pending_input.extend(&bytes[..taken]);
-        self.refill_fifo();
-        taken
-    }
-
-    fn refill_fifo(&mut self) {
-        let room = self.uart.fifo_capacity().min(self.pending_input.len());
-        if room == 0 {
-            return;
+        let taken = self.input_room().min(bytes.len());
+        if taken == 0 {
+            return 0;
         }
-        let chunk: Vec<u8> = self.pending_input.drain(..room).collect();
-        if let Err(error) = self.uart.enqueue_raw_bytes(&chunk) {
-            log::warn!("serial input could not be passed to the guest: {error:?}");
+        match self.uart.enqueue_raw_bytes(&bytes[..taken]) {
+            Ok(_) => taken,
+            Err(error) => {
+                log::warn!("serial input could not be passed to the guest: {error:?}");
+                0
+            }
         }
     }
 }
@@ -77,9 +86,6 @@ impl BusDevice for SerialPort {
         };
         for byte in data.iter_mut() {
             *byte = self.uart.read(register);
-            if offset == DATA_REGISTER {
-                self.refill_fifo();
-            }
         }
     }
 
@@ -89,7 +95,7 @@ impl BusDevice for SerialPort {
         };
         for value in data {
             if let Err(error) = self.uart.write(register, *value) {
-                // A closed stdout must not stop the guest.
+                // A failing output writer must not stop the guest.
                 log::debug!("serial output failed: {error:?}");
             }
         }
@@ -100,6 +106,8 @@ impl BusDevice for SerialPort {
 mod tests {
     use super::*;
     use std::sync::{Arc, Mutex};
+
+    const DATA_REGISTER: u64 = 0;
 
     /// A writer the test can look into.
     #[derive(Clone, Default)]
@@ -115,64 +123,102 @@ mod tests {
         }
     }
 
-    fn port() -> (SerialPort, Captured, EventFd) {
+    struct Fixture {
+        port: SerialPort,
+        captured: Captured,
+        interrupt: EventFd,
+        wants_input: EventFd,
+    }
+
+    fn port() -> Fixture {
         let interrupt = EventFd::new(libc::EFD_NONBLOCK).expect("eventfd");
+        let wants_input = EventFd::new(libc::EFD_NONBLOCK).expect("eventfd");
         let captured = Captured::default();
         let port = SerialPort::new(
             interrupt.try_clone().expect("clone"),
+            wants_input.try_clone().expect("clone"),
             Box::new(captured.clone()),
         );
-        (port, captured, interrupt)
-    }
-
-    #[test]
-    fn guest_output_reaches_the_writer() {
-        let (mut port, captured, _) = port();
-        for byte in b"hi\n" {
-            port.write(DATA_REGISTER, &[*byte]);
+        Fixture {
+            port,
+            captured,
+            interrupt,
+            wants_input,
         }
-        assert_eq!(captured.0.lock().expect("lock").as_slice(), b"hi\n");
     }
 
-    #[test]
-    fn string_io_writes_every_byte() {
-        let (mut port, captured, _) = port();
-        port.write(DATA_REGISTER, b"rep outsb");
-        assert_eq!(captured.0.lock().expect("lock").as_slice(), b"rep outsb");
-        let (mut port, _, _) = self::port();
-        port.queue_input(b"abc");
-        let mut read = [0u8; 3];
-        port.read(DATA_REGISTER, &mut read);
-        assert_eq!(&read, b"abc");
-    }
-
-    #[test]
-    fn long_input_is_delivered_whole_and_in_order() {
-        let (mut port, _, interrupt) = port();
-        port.write(1, &[0x01]); // IER: received-data interrupt on
-        let typed: Vec<u8> = (0..1000u32).map(|i| b'a' + (i % 26) as u8).collect();
-        assert_eq!(port.queue_input(&typed), typed.len());
-        assert!(interrupt.read().is_ok(), "the guest is interrupted");
+    fn read_received(port: &mut SerialPort) -> Vec<u8> {
         let mut received = Vec::new();
         let mut status = [0u8];
         loop {
             port.read(5, &mut status);
             if status[0] & 1 == 0 {
-                break;
+                return received;
             }
             let mut byte = [0u8];
             port.read(DATA_REGISTER, &mut byte);
             received.push(byte[0]);
         }
-        assert_eq!(received, typed);
     }
 
     #[test]
-    fn a_full_queue_pushes_back_instead_of_dropping() {
-        let (mut port, _, _) = port();
-        let flood = vec![b'x'; INPUT_QUEUE_LIMIT + 1000];
-        assert_eq!(port.queue_input(&flood), INPUT_QUEUE_LIMIT);
-        // Only the room the UART's FIFO made is left; the sender must wait.
-        assert!(port.queue_input(&flood) <= 64);
+    fn guest_output_reaches_the_writer() {
+        let mut fixture = port();
+        for byte in b"hi\n" {
+            fixture.port.write(DATA_REGISTER, &[*byte]);
+        }
+        assert_eq!(fixture.captured.0.lock().expect("lock").as_slice(), b"hi\n");
+    }
+
+    #[test]
+    fn string_io_writes_every_byte() {
+        let mut fixture = port();
+        fixture.port.write(DATA_REGISTER, b"rep outsb");
+        assert_eq!(
+            fixture.captured.0.lock().expect("lock").as_slice(),
+            b"rep outsb"
+        );
+        let mut fixture = port();
+        fixture.port.queue_input(b"abc");
+        let mut read = [0u8; 3];
+        fixture.port.read(DATA_REGISTER, &mut read);
+        assert_eq!(&read, b"abc");
+    }
+
+    #[test]
+    fn input_is_taken_only_as_far_as_the_fifo_has_room() {
+        let mut fixture = port();
+        fixture.port.write(1, &[0x01]); // IER: received-data interrupt on
+        let typed: Vec<u8> = (0..1000u32).map(|i| b'a' + (i % 26) as u8).collect();
+        let room = fixture.port.input_room();
+        assert_eq!(fixture.port.queue_input(&typed), room);
+        assert_eq!(
+            fixture.port.queue_input(&typed[room..]),
+            0,
+            "full: the rest waits"
+        );
+        assert!(fixture.interrupt.read().is_ok(), "the guest is interrupted");
+        assert!(fixture.wants_input.read().is_err(), "nothing asked for yet");
+        assert_eq!(read_received(&mut fixture.port), typed[..room]);
+        assert_eq!(
+            fixture.wants_input.read().ok(),
+            Some(1),
+            "emptied: more, please"
+        );
+        assert_eq!(fixture.port.input_room(), room);
+    }
+
+    #[test]
+    fn long_input_offered_on_demand_arrives_whole_and_in_order() {
+        let mut fixture = port();
+        let typed: Vec<u8> = (0..1000u32).map(|i| b'0' + (i % 10) as u8).collect();
+        let mut offered = 0;
+        let mut received = Vec::new();
+        while received.len() < typed.len() {
+            offered += fixture.port.queue_input(&typed[offered..]);
+            received.extend(read_received(&mut fixture.port));
+            assert!(fixture.wants_input.read().is_ok());
+        }
+        assert_eq!(received, typed);
     }
 }

@@ -1,0 +1,264 @@
+//! QMP codec tests: a client on one end of a socket pair, the test on the
+//! other, and a command channel standing in for the VMM.
+
+use std::io::{Read, Write};
+use std::os::unix::net::UnixStream;
+
+use super::*;
+use crate::api::{channel, Command, CommandReceiver, Event, SharedStatus};
+use crate::spec::config::CpuTopology;
+
+struct Session {
+    client: QmpClient,
+    peer: UnixStream,
+    vm: VmControl,
+    commands: CommandReceiver,
+    received: Vec<u8>,
+}
+
+fn session() -> Session {
+    let (ours, peer) = UnixStream::pair().expect("pair");
+    ours.set_nonblocking(true).expect("non-blocking");
+    peer.set_nonblocking(true).expect("non-blocking");
+    let (sender, commands) = channel().expect("channel");
+    let status = SharedStatus::default();
+    status.set(Status::Running);
+    let vm = VmControl {
+        name: "codec".into(),
+        uuid: "00000000-0000-0000-0000-000000000001".into(),
+        topology: CpuTopology {
+            sockets: 1,
+            cores: 2,
+            threads: 1,
+        },
+        status,
+        commands: sender,
+    };
+    let client = QmpClient::new(ours, &vm);
+    let mut session = Session {
+        client,
+        peer,
+        vm,
+        commands,
+        received: Vec::new(),
+    };
+    let greeting = session.replies();
+    assert_eq!(greeting.len(), 1);
+    assert_eq!(greeting[0]["vmpod"]["vm"], "codec");
+    session
+}
+
+impl Session {
+    /// Sends raw bytes to the client, as it would read them.
+    fn send(&mut self, bytes: &[u8]) {
+        self.peer.write_all(bytes).expect("write");
+        assert!(self.client.on_readable(&self.vm), "the client stays");
+    }
+
+    /// Everything the client answered since the last call, one value a line.
+    fn replies(&mut self) -> Vec<Value> {
+        assert!(self.client.outbox.flush());
+        let mut chunk = [0u8; 65536];
+        while let Ok(read) = self.peer.read(&mut chunk) {
+            if read == 0 {
+                break;
+            }
+            self.received.extend_from_slice(&chunk[..read]);
+        }
+        let text = String::from_utf8(std::mem::take(&mut self.received)).expect("UTF-8");
+        assert!(text.is_empty() || text.ends_with("\r\n"), "{text:?}");
+        text.split_terminator("\r\n")
+            .map(|line| serde_json::from_str(line).expect("one JSON value a line"))
+            .collect()
+    }
+
+    fn negotiated() -> Session {
+        let mut session = session();
+        session.send(br#"{"execute":"qmp_capabilities"}"#);
+        assert_eq!(session.replies(), [json!({"return": {}})]);
+        session
+    }
+}
+
+#[test]
+fn negotiation_comes_first_and_only_once() {
+    let mut session = session();
+    session.send(br#"{"execute":"query-status","id":1}"#);
+    let reply = session.replies();
+    assert_eq!(reply[0]["error"]["class"], "CommandNotFound");
+    assert_eq!(reply[0]["id"], 1);
+    session.send(br#"{"execute":"qmp_capabilities","arguments":{"enable":[]}}"#);
+    session.send(br#"{"execute":"qmp_capabilities"}"#);
+    let replies = session.replies();
+    assert_eq!(replies[0], json!({"return": {}}));
+    assert_eq!(replies[1]["error"]["class"], "CommandNotFound");
+}
+
+#[test]
+fn ids_of_any_type_are_echoed() {
+    let mut session = Session::negotiated();
+    session.send(br#"{"execute":"query-name","id":"a"}{"execute":"query-name","id":{"n":[1]}}"#);
+    assert_eq!(
+        session.replies(),
+        [
+            json!({"return": {"name": "codec"}, "id": "a"}),
+            json!({"return": {"name": "codec"}, "id": {"n": [1]}}),
+        ]
+    );
+}
+
+#[test]
+fn commands_split_anywhere_give_the_same_replies() {
+    let script = b"{\"execute\":\"query-status\",\"id\":1}\n{ \"execute\" : \"query-uuid\" }{\"execute\":\"query-cpus-fast\",\"id\":3}";
+    let mut whole = Session::negotiated();
+    whole.send(script);
+    let expected = whole.replies();
+    assert_eq!(expected.len(), 3);
+    assert_eq!(expected[0]["return"]["status"], "running");
+    assert_eq!(expected[2]["return"].as_array().map(Vec::len), Some(2));
+    let mut bytewise = Session::negotiated();
+    for byte in script {
+        bytewise.send(&[*byte]);
+    }
+    assert_eq!(bytewise.replies(), expected);
+}
+
+#[test]
+fn a_bad_line_is_answered_and_the_next_line_is_served() {
+    let mut session = Session::negotiated();
+    session.send(b"{\"execute\": nonsense}\n{\"execute\":\"query-name\",\"id\":2}\n");
+    let replies = session.replies();
+    assert_eq!(replies.len(), 2, "{replies:?}");
+    assert_eq!(replies[0]["error"]["class"], "GenericError");
+    assert!(replies[0]["error"]["desc"]
+        .as_str()
+        .is_some_and(|desc| desc.starts_with("JSON parse error")));
+    assert_eq!(replies[1], json!({"return": {"name": "codec"}, "id": 2}));
+}
+
+#[test]
+fn malformed_envelopes_get_qemus_errors() {
+    let mut session = Session::negotiated();
+    session.send(br#"[1] {"id":5} {"execute":"stop","arguments":[]} {"execute":"stop","extra":1} {"execute":"frobnicate"}"#);
+    let descriptions: Vec<String> = session
+        .replies()
+        .iter()
+        .map(|reply| reply["error"]["desc"].as_str().unwrap_or("").to_owned())
+        .collect();
+    assert_eq!(
+        descriptions,
+        [
+            "QMP input must be a JSON object",
+            "QMP input lacks member 'execute'",
+            "QMP input member 'arguments' must be an object",
+            "QMP input member 'extra' is unexpected",
+            "The command frobnicate has not been found",
+        ]
+    );
+    assert!(
+        session.commands.drain().is_empty(),
+        "nothing reached the VMM"
+    );
+}
+
+#[test]
+fn input_without_an_end_is_discarded_up_to_the_next_line() {
+    let mut session = Session::negotiated();
+    let mut flood = b"{\"execute\":\"".to_vec();
+    flood.resize(MAX_INPUT + 10, b'x');
+    for chunk in flood.chunks(60_000) {
+        session.send(chunk);
+    }
+    let replies = session.replies();
+    assert_eq!(replies.len(), 1);
+    assert!(replies[0]["error"]["desc"]
+        .as_str()
+        .is_some_and(|desc| desc.contains("without a complete JSON value")));
+    session.send(b"still the same value\n{\"execute\":\"query-name\"}");
+    assert_eq!(session.replies(), [json!({"return": {"name": "codec"}})]);
+}
+
+#[test]
+fn stop_answers_when_the_vm_has_paused_and_later_commands_wait_behind_it() {
+    let mut session = Session::negotiated();
+    session.send(br#"{"execute":"stop","id":"s"}{"execute":"query-name","id":"q"}"#);
+    assert!(session.replies().is_empty(), "nothing before the VM paused");
+    assert!(matches!(session.commands.drain()[..], [Command::Pause]));
+    session.client.on_status(Status::Running, &session.vm);
+    assert!(session.replies().is_empty(), "not the status it waits for");
+    session.vm.status.set(Status::Paused);
+    let stop_event = Timed::now(Event::Stop);
+    session.client.send_event(&stop_event);
+    session.client.on_status(Status::Paused, &session.vm);
+    let replies = session.replies();
+    assert_eq!(
+        replies[0]["event"], "STOP",
+        "the event comes first, as in QEMU"
+    );
+    assert_eq!(replies[1], json!({"return": {}, "id": "s"}));
+    assert_eq!(replies[2], json!({"return": {"name": "codec"}, "id": "q"}));
+}
+
+#[test]
+fn a_pending_answer_fails_when_the_vm_shuts_down() {
+    let mut session = Session::negotiated();
+    session.send(br#"{"execute":"stop","id":7}"#);
+    session.client.on_status(Status::Shutdown, &session.vm);
+    let replies = session.replies();
+    assert_eq!(replies[0]["id"], 7);
+    assert_eq!(
+        replies[0]["error"]["desc"],
+        "the VM shut down before it was paused"
+    );
+}
+
+#[test]
+fn stop_on_a_paused_vm_answers_at_once() {
+    let mut session = Session::negotiated();
+    session.vm.status.set(Status::Paused);
+    session.send(br#"{"execute":"stop"}{"execute":"human-monitor-command","arguments":{"command-line":"info status"}}"#);
+    assert_eq!(
+        session.replies(),
+        [
+            json!({"return": {}}),
+            json!({"return": "VM status: paused\r\n"})
+        ]
+    );
+    assert!(session.commands.drain().is_empty());
+}
+
+#[test]
+fn send_key_types_the_chord_on_the_keyboard() {
+    let mut session = Session::negotiated();
+    session.send(br#"{"execute":"send-key","arguments":{"keys":[{"type":"qcode","data":"ctrl"},{"type":"qcode","data":"c"}]}}"#);
+    assert_eq!(session.replies(), [json!({"return": {}})]);
+    let commands = session.commands.drain();
+    let [Command::Keys(keys)] = &commands[..] else {
+        panic!("{commands:?}");
+    };
+    let names: Vec<(&str, bool)> = keys.iter().map(|k| (k.key.qcode, k.pressed)).collect();
+    assert_eq!(
+        names,
+        [("ctrl", true), ("c", true), ("c", false), ("ctrl", false)]
+    );
+    session
+        .send(br#"{"execute":"send-key","arguments":{"keys":[{"type":"qcode","data":"hyper"}]}}"#);
+    assert_eq!(
+        session.replies()[0]["error"]["desc"],
+        "'hyper' is not a key vmpod knows"
+    );
+}
+
+#[test]
+fn events_reach_only_negotiated_clients_with_a_timestamp() {
+    let mut fresh = session();
+    fresh.client.send_event(&Timed::now(Event::Powerdown));
+    assert!(fresh.replies().is_empty());
+    let mut session = Session::negotiated();
+    session.client.send_event(&Timed::now(Event::Powerdown));
+    let event = &session.replies()[0];
+    assert_eq!(event["event"], "POWERDOWN");
+    assert!(event["timestamp"]["seconds"]
+        .as_u64()
+        .is_some_and(|s| s > 0));
+}

@@ -1,0 +1,201 @@
+//! `vmpod launch`: composes one VM's run from its parts — the host checks,
+//! the run directory and its sockets, the control plane on its thread, the
+//! VMM on this one — wires them together through `api` (commands, events,
+//! status, the typed-input socket), and takes everything down again in
+//! order when the VM ends. The only module that knows both the VMM and
+//! the control plane.
+//!
+//! Runs on the main thread, which becomes the VMM thread.
+
+use std::os::unix::net::UnixStream;
+use std::sync::Arc;
+
+use vmm_sys_util::epoll::Epoll;
+use vmm_sys_util::eventfd::EventFd;
+
+use crate::api::{self, SharedStatus};
+use crate::control::rundir::{RunDir, MONITOR_SOCKET, QMP_SOCKET, READY_SOCKET, SERIAL_SOCKET};
+use crate::control::serial::{HubWriter, SerialHub, SerialServer};
+use crate::control::{ControlLoop, Listeners, VmControl};
+use crate::signals::SignalFd;
+use crate::spec::VmConfig;
+use crate::vmm::{self, host, termination, Outcome, VmmIo};
+
+/// The annotation naming text that must appear before `/vm/ready` is ready.
+pub const READY_PATTERN_ANNOTATION: &str = "vmpod.io/ready-serial-pattern";
+
+#[derive(Debug, thiserror::Error)]
+pub enum LaunchError {
+    #[error(transparent)]
+    Host(#[from] host::HostError),
+    #[error(transparent)]
+    RunDir(#[from] crate::control::rundir::RunDirError),
+    #[error(transparent)]
+    Vmm(#[from] vmm::VmmError),
+    #[error("cannot {what}")]
+    Io {
+        what: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+fn io_error(what: &'static str) -> impl FnOnce(std::io::Error) -> LaunchError {
+    move |source| LaunchError::Io { what, source }
+}
+
+/// How `vmpod launch` serves the VM, beside its definition.
+#[derive(Debug, Clone)]
+pub struct LaunchOptions {
+    /// Where the control sockets go (`/vm/run` in a pod).
+    pub run_dir: std::path::PathBuf,
+    /// Bytes of serial output replayed to a client when it attaches.
+    pub serial_scrollback: usize,
+    /// How far a serial client may fall behind before it is detached.
+    pub serial_client_backlog: usize,
+}
+
+/// Boots `config` and serves it until the guest powers off or fails.
+pub fn run(config: &VmConfig, options: &LaunchOptions) -> Result<Outcome, LaunchError> {
+    // Before any thread starts, so that every thread inherits the mask.
+    let termination_signals = SignalFd::take(&termination::TERMINATION_SIGNALS)
+        .map_err(io_error("take SIGTERM and SIGINT"))?;
+    let kvm = host::open_kvm()?;
+    host::warn_if_pvm();
+    warn_about_unbuilt_devices(config);
+    host::check_memory(
+        config.memory_bytes,
+        host::container_memory_limit(),
+        host::host_memory_total(),
+    )?;
+    let run_dir = RunDir::create(&options.run_dir)?;
+    run_dir.link_helpers();
+    let serial_listener = run_dir.listen(SERIAL_SOCKET)?;
+    let listeners = Listeners {
+        qmp: run_dir.listen(QMP_SOCKET)?,
+        monitor: run_dir.listen(MONITOR_SOCKET)?,
+        ready: run_dir.listen(READY_SOCKET)?,
+    };
+
+    let (command_sender, commands) =
+        api::channel().map_err(io_error("create the command channel"))?;
+    let (event_sender, events) = api::channel().map_err(io_error("create the event channel"))?;
+    let status = SharedStatus::default();
+    let ready_pattern = config.annotations.get(READY_PATTERN_ANNOTATION).cloned();
+    let hub = SerialHub::new(
+        options.serial_scrollback,
+        options.serial_client_backlog,
+        ready_pattern.as_deref(),
+    )
+    .map_err(io_error("create the serial console hub"))?;
+    let (typed_by_clients, typed_for_guest) =
+        UnixStream::pair().map_err(io_error("create the typed-input socket"))?;
+    typed_for_guest
+        .set_nonblocking(true)
+        .map_err(io_error("create the typed-input socket"))?;
+    let epoll = Arc::new(Epoll::new().map_err(io_error("create the control event loop"))?);
+    let serial_server = SerialServer::new(
+        hub.clone(),
+        serial_listener,
+        typed_by_clients,
+        epoll.clone(),
+    )
+    .map_err(io_error("serve the serial console"))?;
+    let vm_control = VmControl {
+        name: config.identity.name.clone(),
+        uuid: config.identity.uuid.to_string(),
+        topology: config.cpu,
+        status: status.clone(),
+        commands: command_sender.clone(),
+    };
+    let control_loop = ControlLoop::new(
+        epoll,
+        serial_server,
+        hub.clone(),
+        listeners,
+        events,
+        vm_control,
+        ready_pattern,
+    )
+    .map_err(io_error("serve the control sockets"))?;
+    let control = ControlThread::start(control_loop)?;
+
+    let outcome = vmm::run(
+        &kvm,
+        config,
+        VmmIo {
+            commands,
+            command_sender,
+            events: event_sender,
+            status,
+            console_tee: Box::new(HubWriter(hub)),
+            typed_input: Some(typed_for_guest),
+            stdin_input: true,
+            termination_signals,
+        },
+    );
+    control.stop();
+    for socket in [SERIAL_SOCKET, QMP_SOCKET, MONITOR_SOCKET, READY_SOCKET] {
+        run_dir.remove_socket(socket);
+    }
+    Ok(outcome?)
+}
+
+/// Says which parts of the definition this vmpod cannot give the guest yet
+/// (rather than dropping them silently).
+fn warn_about_unbuilt_devices(config: &VmConfig) {
+    let mut missing = Vec::new();
+    if !config.disks.is_empty() {
+        missing.push(format!("{} disk(s)", config.disks.len()));
+    }
+    if !config.nics.is_empty() {
+        missing.push(format!("{} NIC(s)", config.nics.len()));
+    }
+    if config.rng {
+        missing.push("the rng device".into());
+    }
+    if !config.inputs.is_empty() {
+        missing.push("input devices".into());
+    }
+    if config.graphics {
+        missing.push("the graphics device".into());
+    }
+    if !missing.is_empty() {
+        log::warn!(
+            "this vmpod does not build virtio devices or a display yet: the guest will not see {}",
+            missing.join(", ")
+        );
+    }
+}
+
+/// The `control` thread serving the sockets, stopped through an eventfd.
+struct ControlThread {
+    stop: EventFd,
+    thread: std::thread::JoinHandle<()>,
+}
+
+impl ControlThread {
+    fn start(mut control: ControlLoop) -> Result<Self, LaunchError> {
+        let stop = EventFd::new(libc::EFD_NONBLOCK | libc::EFD_CLOEXEC)
+            .map_err(io_error("create the control stop event"))?;
+        let thread_stop = stop
+            .try_clone()
+            .map_err(io_error("create the control stop event"))?;
+        let thread = std::thread::Builder::new()
+            .name("control".into())
+            .spawn(move || {
+                if let Err(error) = control.run(&thread_stop) {
+                    log::error!("the control loop stopped: {error}");
+                }
+            })
+            .map_err(io_error("start the control thread"))?;
+        Ok(ControlThread { stop, thread })
+    }
+
+    fn stop(self) {
+        let _ = self.stop.write(1);
+        if self.thread.join().is_err() {
+            log::error!("the control thread panicked");
+        }
+    }
+}
