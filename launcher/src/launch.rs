@@ -53,6 +53,8 @@ pub struct LaunchOptions {
     pub serial_scrollback: usize,
     /// How far a serial client may fall behind before it is detached.
     pub serial_client_backlog: usize,
+    /// Console output held for a stdout that is not being read.
+    pub stdout_buffer: usize,
 }
 
 /// Boots `config` and serves it until the guest powers off or fails.
@@ -119,6 +121,10 @@ pub fn run(config: &VmConfig, options: &LaunchOptions) -> Result<Outcome, Launch
     )
     .map_err(io_error("serve the control sockets"))?;
     let control = ControlThread::start(control_loop)?;
+    log::info!(
+        "serving the console and monitors in {} (/vm/serial, /vm/qmp, /vm/monitor, /vm/ready)",
+        options.run_dir.display()
+    );
 
     let outcome = vmm::run(
         &kvm,
@@ -131,6 +137,7 @@ pub fn run(config: &VmConfig, options: &LaunchOptions) -> Result<Outcome, Launch
             console_tee: Box::new(HubWriter(hub)),
             typed_input: Some(typed_for_guest),
             stdin_input: true,
+            stdout_buffer: options.stdout_buffer,
             termination_signals,
         },
     );

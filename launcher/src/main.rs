@@ -58,6 +58,10 @@ enum Command {
         /// Bytes a serial client may fall behind before it is detached
         #[arg(long, default_value_t = vmpod::control::serial::DEFAULT_CLIENT_BACKLOG, value_name = "BYTES")]
         serial_client_backlog: usize,
+        /// Bytes of console output held for stdout while it is not read;
+        /// beyond that, stdout misses output (the serial console keeps it)
+        #[arg(long, default_value_t = vmpod::vmm::console::STDOUT_BUFFER, value_name = "BYTES")]
+        stdout_buffer: usize,
     },
     /// Check VM definitions and print every problem with its YAML path
     Validate {
@@ -159,11 +163,13 @@ fn main() -> ExitCode {
             run_dir,
             serial_scrollback,
             serial_client_backlog,
+            stdout_buffer,
         } => {
             let options = vmpod::launch::LaunchOptions {
                 run_dir,
                 serial_scrollback,
                 serial_client_backlog,
+                stdout_buffer,
             };
             cli::launch(&file, name.as_deref(), &options)
         }

@@ -10,7 +10,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{guest, kvm_available, launch, run_helper, Running, Scratch, VMPOD};
+use common::{guest, launch, run_helper, Running, Scratch, VMPOD};
 
 const WATCHDOG: Duration = Duration::from_secs(30);
 
@@ -50,10 +50,8 @@ fn until_prompt(monitor: &mut BufReader<UnixStream>) -> String {
 }
 
 #[test]
+#[cfg_attr(not(vmpod_kvm), ignore = "needs a usable /dev/kvm")]
 fn the_monitor_answers_and_pauses_and_resumes() {
-    if !kvm_available("the_monitor_answers_and_pauses_and_resumes") {
-        return;
-    }
     let scratch = Scratch::new("monitor");
     let (vm, run_dir) = echo_vm(&scratch, "");
     let stream = UnixStream::connect(run_dir.join("monitor.sock")).expect("monitor socket");
@@ -96,10 +94,8 @@ fn ready(run_dir: &Path) -> (bool, String) {
 }
 
 #[test]
+#[cfg_attr(not(vmpod_kvm), ignore = "needs a usable /dev/kvm")]
 fn ready_waits_for_the_serial_pattern() {
-    if !kvm_available("ready_waits_for_the_serial_pattern") {
-        return;
-    }
     let scratch = Scratch::new("ready-pattern");
     let (vm, run_dir) = echo_vm(
         &scratch,
@@ -125,10 +121,8 @@ fn ready_waits_for_the_serial_pattern() {
 }
 
 #[test]
+#[cfg_attr(not(vmpod_kvm), ignore = "needs a usable /dev/kvm")]
 fn ready_without_a_pattern_means_running_and_links_name_the_helpers() {
-    if !kvm_available("ready_without_a_pattern_means_running_and_links_name_the_helpers") {
-        return;
-    }
     let scratch = Scratch::new("ready-links");
     let (vm, run_dir) = echo_vm(&scratch, "");
     // `launch` linked the helpers beside its run directory, as /vm/ready …
@@ -152,10 +146,8 @@ fn ready_without_a_pattern_means_running_and_links_name_the_helpers() {
 }
 
 #[test]
+#[cfg_attr(not(vmpod_kvm), ignore = "needs a usable /dev/kvm")]
 fn the_qmp_helper_relays_stdio() {
-    if !kvm_available("the_qmp_helper_relays_stdio") {
-        return;
-    }
     let scratch = Scratch::new("qmp-helper");
     let (vm, run_dir) = echo_vm(&scratch, "");
     let output = run_helper(
@@ -177,10 +169,8 @@ fn the_qmp_helper_relays_stdio() {
 }
 
 #[test]
+#[cfg_attr(not(vmpod_kvm), ignore = "needs a usable /dev/kvm")]
 fn send_key_types_on_the_ps2_keyboard() {
-    if !kvm_available("send_key_types_on_the_ps2_keyboard") {
-        return;
-    }
     let scratch = Scratch::new("send-key");
     let definition = scratch.definition("keyboard", &guest("keyboard.elf"), 1, "16Mi", "");
     let mut vm = launch(&definition);

@@ -6,11 +6,12 @@ mod common;
 use std::process::Command;
 use std::time::Duration;
 
-use common::{guest, launch, launch_with, skipped_for_kvm, Scratch, VMPOD};
+use common::{guest, launch, launch_with, Scratch, VMPOD};
 
 const WATCHDOG: Duration = Duration::from_secs(30);
 
 #[test]
+#[cfg_attr(not(vmpod_kvm), ignore = "needs a usable /dev/kvm")]
 fn a_missing_kernel_is_named() {
     let scratch = Scratch::new("missing-kernel");
     let definition = scratch.definition(
@@ -21,9 +22,6 @@ fn a_missing_kernel_is_named() {
         "",
     );
     let run = launch(&definition).finish(WATCHDOG);
-    if skipped_for_kvm("a_missing_kernel_is_named", &run) {
-        return;
-    }
     assert_eq!(run.code, Some(1), "{}", run.stderr);
     assert!(
         run.stderr
@@ -39,15 +37,13 @@ fn a_missing_kernel_is_named() {
 }
 
 #[test]
+#[cfg_attr(not(vmpod_kvm), ignore = "needs a usable /dev/kvm")]
 fn a_file_that_is_not_a_kernel_is_named() {
     let scratch = Scratch::new("not-a-kernel");
     let bogus = scratch.0.join("notes.txt");
     std::fs::write(&bogus, "just some text, not a kernel\n".repeat(100)).expect("write");
     let definition = scratch.definition("bogus", &bogus, 1, "16Mi", "");
     let run = launch(&definition).finish(WATCHDOG);
-    if skipped_for_kvm("a_file_that_is_not_a_kernel_is_named", &run) {
-        return;
-    }
     assert_eq!(run.code, Some(1), "{}", run.stderr);
     assert!(
         run.stderr.contains(
@@ -59,13 +55,11 @@ fn a_file_that_is_not_a_kernel_is_named() {
 }
 
 #[test]
+#[cfg_attr(not(vmpod_kvm), ignore = "needs a usable /dev/kvm")]
 fn memory_the_host_cannot_hold_is_refused_before_boot() {
     let scratch = Scratch::new("too-much-memory");
     let definition = scratch.definition("huge", &guest("hello.elf"), 1, "1Ti", "");
     let run = launch(&definition).finish(WATCHDOG);
-    if skipped_for_kvm("memory_the_host_cannot_hold_is_refused_before_boot", &run) {
-        return;
-    }
     assert_eq!(run.code, Some(1), "{}", run.stderr);
     assert!(
         run.stderr
@@ -83,7 +77,10 @@ fn is_root() -> bool {
 #[test]
 fn a_pod_without_dev_kvm_is_told_how_to_pass_it_in() {
     if !is_root() {
-        eprintln!("a_pod_without_dev_kvm_is_told_how_to_pass_it_in: skipped: needs root for a mount namespace");
+        common::not_here(
+            "a_pod_without_dev_kvm_is_told_how_to_pass_it_in",
+            "needs root for a mount namespace",
+        );
         return;
     }
     let scratch = Scratch::new("no-kvm");
@@ -122,7 +119,10 @@ fn a_user_without_access_to_dev_kvm_is_told_so() {
     let mode = std::fs::metadata("/dev/kvm")
         .map(|m| std::os::unix::fs::PermissionsExt::mode(&m.permissions()));
     if !is_root() || !matches!(mode, Ok(m) if m & 0o006 == 0) {
-        eprintln!("a_user_without_access_to_dev_kvm_is_told_so: skipped: needs root and a /dev/kvm closed to others");
+        common::not_here(
+            "a_user_without_access_to_dev_kvm_is_told_so",
+            "needs root and a /dev/kvm closed to others",
+        );
         return;
     }
     let scratch = Scratch::new("kvm-denied");
@@ -161,6 +161,7 @@ fn a_user_without_access_to_dev_kvm_is_told_so() {
 }
 
 #[test]
+#[cfg_attr(not(vmpod_kvm), ignore = "needs a usable /dev/kvm")]
 fn a_missing_initrd_is_named() {
     let scratch = Scratch::new("missing-initrd");
     let definition = scratch.0.join("initrd.yaml");
@@ -176,9 +177,6 @@ fn a_missing_initrd_is_named() {
     )
     .expect("write definition");
     let run = launch(&definition).finish(WATCHDOG);
-    if skipped_for_kvm("a_missing_initrd_is_named", &run) {
-        return;
-    }
     assert_eq!(run.code, Some(1), "{}", run.stderr);
     assert!(
         run.stderr
@@ -189,6 +187,7 @@ fn a_missing_initrd_is_named() {
 }
 
 #[test]
+#[cfg_attr(not(vmpod_kvm), ignore = "needs a usable /dev/kvm")]
 fn devices_this_vmpod_cannot_build_are_named_not_dropped() {
     let scratch = Scratch::new("unbuilt-devices");
     let definition = scratch.definition_with(
@@ -206,12 +205,6 @@ fn devices_this_vmpod_cannot_build_are_named_not_dropped() {
     );
     std::fs::write(&definition, text).expect("write");
     let run = launch(&definition).finish(WATCHDOG);
-    if skipped_for_kvm(
-        "devices_this_vmpod_cannot_build_are_named_not_dropped",
-        &run,
-    ) {
-        return;
-    }
     assert!(
         run.stderr.contains(
             "does not build virtio devices or a display yet: the guest will not see 1 disk(s)"

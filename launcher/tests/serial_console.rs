@@ -9,7 +9,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{guest, kvm_available, launch_with, run_dir_for, run_helper, Running, Scratch, VMPOD};
+use common::{guest, launch_with, run_dir_for, run_helper, Running, Scratch, VMPOD};
 
 const WATCHDOG: Duration = Duration::from_secs(60);
 
@@ -63,10 +63,8 @@ fn power_off(vm: Running, client: &mut UnixStream) {
 }
 
 #[test]
+#[cfg_attr(not(vmpod_kvm), ignore = "needs a usable /dev/kvm")]
 fn clients_get_the_scrollback_and_share_the_console() {
-    if !kvm_available("clients_get_the_scrollback_and_share_the_console") {
-        return;
-    }
     let scratch = Scratch::new("serial-share");
     let (mut vm, run_dir) = start_echo(&scratch, 1 << 20);
     let mut first = connect(&run_dir);
@@ -88,10 +86,8 @@ fn clients_get_the_scrollback_and_share_the_console() {
 }
 
 #[test]
+#[cfg_attr(not(vmpod_kvm), ignore = "needs a usable /dev/kvm")]
 fn a_client_that_stops_reading_is_detached_and_nothing_stalls() {
-    if !kvm_available("a_client_that_stops_reading_is_detached_and_nothing_stalls") {
-        return;
-    }
     let scratch = Scratch::new("serial-laggard");
     let (vm, run_dir) = start_echo(&scratch, 4096);
     let mut reader = connect(&run_dir);
@@ -128,10 +124,8 @@ fn a_client_that_stops_reading_is_detached_and_nothing_stalls() {
 }
 
 #[test]
+#[cfg_attr(not(vmpod_kvm), ignore = "needs a usable /dev/kvm")]
 fn the_helper_is_a_plain_pipe_without_a_terminal() {
-    if !kvm_available("the_helper_is_a_plain_pipe_without_a_terminal") {
-        return;
-    }
     let scratch = Scratch::new("serial-helper");
     let (vm, run_dir) = start_echo(&scratch, 1 << 20);
     let output = run_helper("serial", &run_dir, b"sent through the helper\n");
@@ -166,10 +160,8 @@ fn the_helper_says_when_no_vm_is_there() {
 }
 
 #[test]
+#[cfg_attr(not(vmpod_kvm), ignore = "needs a usable /dev/kvm")]
 fn input_from_a_client_that_closes_at_once_is_not_lost() {
-    if !kvm_available("input_from_a_client_that_closes_at_once_is_not_lost") {
-        return;
-    }
     let scratch = Scratch::new("serial-send-and-close");
     let (vm, run_dir) = start_echo(&scratch, 1 << 20);
     // Like `printf '\x04' | socat - UNIX:serial.sock`: write, then hang up.
@@ -182,5 +174,98 @@ fn input_from_a_client_that_closes_at_once_is_not_lost() {
         run.stdout.ends_with("echo guest: powering off\n"),
         "{}",
         run.stdout
+    );
+}
+
+/// QMP `query-status` over the socket, as a client library would ask it.
+fn query_status(run_dir: &Path) -> String {
+    let stream = UnixStream::connect(run_dir.join("qmp.sock")).expect("QMP socket");
+    stream.set_read_timeout(Some(WATCHDOG)).expect("timeout");
+    let mut writer = stream.try_clone().expect("clone");
+    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(stream));
+    let mut next = || lines.next().expect("a reply").expect("readable");
+    next(); // greeting
+    writer
+        .write_all(br#"{"execute":"qmp_capabilities"}{"execute":"query-status"}"#)
+        .expect("send");
+    next();
+    next()
+}
+
+#[test]
+#[cfg_attr(not(vmpod_kvm), ignore = "needs a usable /dev/kvm")]
+fn a_stdout_nobody_reads_stalls_neither_the_guest_nor_the_console() {
+    let scratch = Scratch::new("stdout-unread");
+    let definition = scratch.definition("flood", &guest("flood.elf"), 1, "16Mi", "");
+    let run_dir = run_dir_for(&definition);
+    // stdout is a two-page pipe nobody reads, as under a stuck log collector.
+    let mut vm = std::process::Command::new(VMPOD)
+        .args(["launch", "--file"])
+        .arg(&definition)
+        .arg("--run-dir")
+        .arg(&run_dir)
+        .args(["--stdout-buffer", "4096"])
+        .env("VMPOD_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("vmpod starts");
+    let stdout = vm.stdout.take().expect("stdout");
+    // SAFETY: F_SETPIPE_SZ only resizes the pipe behind this descriptor.
+    let resized = unsafe {
+        libc::fcntl(
+            std::os::fd::AsRawFd::as_raw_fd(&stdout),
+            libc::F_SETPIPE_SZ,
+            8192,
+        )
+    };
+    assert_eq!(resized, 8192);
+    let stderr = vm.stderr.take().expect("stderr");
+    let (lines, log_lines) = std::sync::mpsc::channel();
+    let log = std::thread::spawn(move || {
+        let mut text = String::new();
+        for line in std::io::BufRead::lines(std::io::BufReader::new(stderr)).map_while(Result::ok) {
+            text.push_str(&line);
+            text.push('\n');
+            let _ = lines.send(line);
+        }
+        text
+    });
+    while !log_lines
+        .recv_timeout(WATCHDOG)
+        .expect("vmpod logs that it serves its sockets")
+        .contains("serving the console")
+    {}
+    let mut client = connect(&run_dir);
+    let mut console = read_until(&mut client, "flood guest ready\n");
+    client.write_all(b"s").expect("type"); // the 64 KiB flood
+    let during = query_status(&run_dir);
+    console += &read_until(&mut client, "flood done");
+    assert!(console.len() > 64 * 1024, "{} bytes", console.len());
+    assert!(
+        during.contains(r#""status":"running""#),
+        "QMP answered {during}"
+    );
+    let status = vm.wait().expect("vmpod exits");
+    let log = log.join().expect("log reader");
+    assert_eq!(status.code(), Some(0), "{log}");
+    assert!(
+        log.contains("bytes of guest console output were not written to it"),
+        "{log}"
+    );
+    let mut written = String::new();
+    std::io::BufReader::new(stdout)
+        .read_to_string(&mut written)
+        .expect("read stdout");
+    // stdout got what it could take, in order, and then missed the rest.
+    assert!(written.starts_with("flood guest ready\n"), "{written:?}");
+    assert!(
+        console.starts_with(&written),
+        "stdout is the console's beginning"
+    );
+    assert!(
+        written.len() < console.len(),
+        "stdout missed output, the console did not"
     );
 }

@@ -106,6 +106,8 @@ pub struct VmmIo {
     /// Whether stdin carries typing for the guest (and a terminal on it
     /// goes into character mode).
     pub stdin_input: bool,
+    /// Bytes of console output held for stdout while it is not read.
+    pub stdout_buffer: usize,
     /// SIGTERM and SIGINT, already blocked in every thread.
     pub termination_signals: SignalFd,
 }
@@ -140,7 +142,7 @@ struct Vmm<'a> {
 pub fn run(kvm: &Kvm, config: &VmConfig, io: VmmIo) -> Result<Outcome, VmmError> {
     vcpu::install_kick_handler().map_err(io_error("install the vCPU kick signal handler"))?;
     let guest_memory = memory::create(config.memory_bytes)?;
-    let output = console::OutputBuffer::new(console::STDOUT_BUFFER)
+    let output = console::OutputBuffer::new(io.stdout_buffer)
         .map_err(io_error("create the console output buffer"))?;
     let writer = console::ConsoleWriter::new(output.clone(), io.console_tee);
     let platform = platform::build(&io.command_sender, Box::new(writer))?;
