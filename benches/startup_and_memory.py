@@ -6,7 +6,9 @@ compare the ratios, not the absolute times).
   exec -> first serial byte of the hello guest   (vmpod, QEMU microvm)
   RSS of a 1-vCPU, 128 MiB echo guest, without guest RAM pages
 
-usage: benches/startup_and_memory.py [--runs N]   (after cargo build --release)
+usage: benches/startup_and_memory.py [--runs N] [--baseline OLD_VMPOD]
+       (after cargo build --release; --baseline measures an older vmpod
+       binary in the same interleaved runs, for before/after figures)
 """
 
 import argparse
@@ -97,28 +99,36 @@ def summary(samples):
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--runs", type=int, default=30)
+    parser.add_argument("--baseline", type=pathlib.Path, help="an older vmpod binary to measure beside this one")
     args = parser.parse_args()
     if not VMPOD.exists():
         sys.exit(f"{VMPOD} is missing: cargo build --release first")
+    vmpods = [("vmpod", VMPOD)] + ([("baseline", args.baseline)] if args.baseline else [])
     have_qemu = shutil.which("qemu-system-x86_64") is not None
     with tempfile.TemporaryDirectory() as scratch:
         scratch = pathlib.Path(scratch)
         subprocess.run(["sh", REPO / "guests/build.sh", scratch / "guests"], check=True)
         hello = definition(scratch, scratch / "guests/hello.elf", GUEST_RAM_MIB)
         echo = definition(scratch, scratch / "guests/echo.elf", GUEST_RAM_MIB)
-        vmpod_start, qemu_start = [], []
-        for _ in range(args.runs):  # interleaved, so both see the same noise
-            vmpod_start.append(time_to_first_byte([VMPOD, "launch", "--file", hello]))
+        starts = {name: [] for name, _ in vmpods}
+        qemu_start = []
+        for _ in range(args.runs):  # interleaved, so all see the same noise
+            for name, binary in vmpods:
+                starts[name].append(time_to_first_byte([binary, "launch", "--file", hello, "--run-dir", scratch / name]))
             if have_qemu:
                 qemu_start.append(time_to_first_byte(qemu_command(scratch / "guests/hello.elf", GUEST_RAM_MIB)))
         print(f"exec -> first serial byte, hello guest, {args.runs} runs each")
-        print(f"  vmpod          {summary(vmpod_start)}")
+        for name, _ in vmpods:
+            print(f"  {name:<14} {summary(starts[name])}")
         if have_qemu:
             print(f"  QEMU microvm   {summary(qemu_start)}")
-            print(f"  ratio QEMU/vmpod (medians): {statistics.median(qemu_start) / statistics.median(vmpod_start):.1f}x")
+            print(f"  ratio QEMU/vmpod (medians): {statistics.median(qemu_start) / statistics.median(starts['vmpod']):.1f}x")
         print(f"\nresident memory, 1 vCPU, {GUEST_RAM_MIB} MiB echo guest, idle")
-        total, outside = resident_while_running([VMPOD, "launch", "--file", echo], b"type and it echoes", GUEST_RAM_MIB)
-        print(f"  vmpod          RSS {total / 1024:6.1f} MiB, without guest RAM {outside / 1024:6.1f} MiB")
+        for name, binary in vmpods:
+            total, outside = resident_while_running(
+                [binary, "launch", "--file", echo, "--run-dir", scratch / name], b"type and it echoes", GUEST_RAM_MIB
+            )
+            print(f"  {name:<14} RSS {total / 1024:6.1f} MiB, without guest RAM {outside / 1024:6.1f} MiB")
         if have_qemu:
             total, outside = resident_while_running(
                 qemu_command(scratch / "guests/echo.elf", GUEST_RAM_MIB), b"type and it echoes", GUEST_RAM_MIB

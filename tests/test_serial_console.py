@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from conftest import harness
+from conftest import harness, not_here
 
 REPO = harness.REPO
 
@@ -26,7 +26,7 @@ def wait_for(predicate, what, timeout=30):
 @pytest.fixture
 def echo_vm(tmp_path, vmpod_binary):
     if not pathlib.Path("/dev/kvm").exists():
-        pytest.skip("skipped: /dev/kvm is missing")
+        not_here("/dev/kvm is missing")
     subprocess.run(["sh", REPO / "guests/build.sh", tmp_path / "guests"], check=True)
     definition = tmp_path / "echo.yaml"
     definition.write_text(
@@ -57,7 +57,7 @@ def echo_vm(tmp_path, vmpod_binary):
 class Tmux:
     def __init__(self, name, command):
         if shutil.which("tmux") is None:
-            pytest.skip("skipped: tmux is not installed")
+            not_here("tmux is not installed")
         self.name = name
         subprocess.run(["tmux", "new-session", "-d", "-s", name, "-x", "120", "-y", "30", command], check=True)
 

@@ -7,3 +7,4 @@
 pub mod bus;
 pub mod ged;
 pub mod legacy;
+pub mod virtio;

@@ -142,7 +142,7 @@ struct Vmm<'a> {
 pub fn run(kvm: &Kvm, config: &VmConfig, io: VmmIo) -> Result<Outcome, VmmError> {
     vcpu::install_kick_handler().map_err(io_error("install the vCPU kick signal handler"))?;
     let guest_memory = memory::create(config.memory_bytes)?;
-    let output = console::OutputBuffer::new(io.stdout_buffer)
+    let output = console::StdoutBuffer::new(io.stdout_buffer)
         .map_err(io_error("create the console output buffer"))?;
     let writer = console::ConsoleWriter::new(output.clone(), io.console_tee);
     let platform = platform::build(&io.command_sender, Box::new(writer))?;
