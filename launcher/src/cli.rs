@@ -1,6 +1,6 @@
 //! The CLI's definition commands: `validate`, `render`, and finding the
 //! one VM `launch` runs. Prints for people (stdout for results, stderr for
-//! problems); all parsing is `vmpod::spec`'s.
+//! problems); all parsing is `vmpod::spec`'s. Main thread, before any other starts.
 
 use std::collections::BTreeSet;
 use std::path::Path;

@@ -1,6 +1,7 @@
 //! A small `log` backend: `vmpod: LEVEL: message` on stderr, so that guest
 //! output on stdout stays clean for `kubectl logs`. The level comes from
-//! `VMPOD_LOG` (error, warn, info, debug, trace; default info).
+//! `VMPOD_LOG` (error, warn, info, debug, trace; default info). Any thread
+//! logs; each line is one write.
 #![forbid(unsafe_code)]
 
 use log::{LevelFilter, Log, Metadata, Record};

@@ -3,6 +3,8 @@
 //! the events the VMM would send. Shows that a client waiting for the VM
 //! (QMP `stop`) holds back nobody else.
 
+mod common;
+
 use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
 use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixStream;
@@ -185,15 +187,7 @@ fn a_monitor_waiting_in_stop_prompts_again_once_the_vm_paused() {
     stream.set_read_timeout(Some(WATCHDOG)).expect("timeout");
     let mut writer = stream.try_clone().expect("clone");
     let mut monitor = BufReader::new(stream);
-    let mut until_prompt = || {
-        let mut text = Vec::new();
-        while !text.ends_with(b"(vmpod) ") {
-            let mut byte = [0u8];
-            monitor.read_exact(&mut byte).expect("monitor output");
-            text.push(byte[0]);
-        }
-        String::from_utf8_lossy(&text).into_owned()
-    };
+    let mut until_prompt = || common::until_prompt(&mut monitor);
     until_prompt();
     writer.write_all(b"stop\ninfo status\n").expect("type");
     assert!(matches!(plane.next_command(), Command::Pause));

@@ -4,13 +4,13 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{guest, launch, run_helper, Running, Scratch, VMPOD};
+use common::{guest, launch, run_helper, until_prompt, Running, Scratch, VMPOD};
 
 const WATCHDOG: Duration = Duration::from_secs(30);
 
@@ -36,17 +36,6 @@ fn power_off(vm: Running, run_dir: &Path) {
     console.write_all(b"\x04").expect("Ctrl-D");
     let run = vm.finish(WATCHDOG);
     assert_eq!(run.code, Some(0), "{}", run.stderr);
-}
-
-/// Reads monitor output up to and including the next prompt.
-fn until_prompt(monitor: &mut BufReader<UnixStream>) -> String {
-    let mut text = Vec::new();
-    while !text.ends_with(b"(vmpod) ") {
-        let mut byte = [0u8];
-        monitor.read_exact(&mut byte).expect("monitor output");
-        text.push(byte[0]);
-    }
-    String::from_utf8_lossy(&text).into_owned()
 }
 
 #[test]

@@ -1,6 +1,6 @@
 //! A client connection's outgoing bytes: queued by whoever answers, written
 //! without blocking by the control loop, bounded so a client that stops
-//! reading is dropped instead of growing without limit.
+//! reading is dropped instead of growing without limit. Control thread.
 
 use std::collections::VecDeque;
 use std::io::{ErrorKind, Write};

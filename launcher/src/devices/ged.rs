@@ -4,7 +4,7 @@
 //! reads the register and notifies `\_SB.PWRB`, which the OS turns into
 //! an orderly shutdown.
 //!
-//! `press` runs on whichever thread handles SIGTERM or a control command;
+//! `press_power_button` runs on the VMM thread (SIGTERM, QMP, the monitor);
 //! register reads on vCPU threads. Both go through the device's mutex.
 
 use vmm_sys_util::eventfd::EventFd;

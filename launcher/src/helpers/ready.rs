@@ -1,6 +1,6 @@
 //! `/vm/ready`: exits 0 when vmpod says the VM is ready (running and, if
 //! the definition names one, its serial pattern has appeared), 1 otherwise,
-//! for use as an exec readinessProbe.
+//! for use as an exec readinessProbe. The helper process's main thread.
 
 use std::io::Read;
 use std::os::unix::net::UnixStream;

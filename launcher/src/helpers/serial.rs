@@ -2,6 +2,7 @@
 //! it switches to raw mode and detaches on the escape key (Ctrl-] unless
 //! told otherwise); without one it is a plain pipe for scripts, and after
 //! stdin ends it shows what the console still says until it is quiet.
+//! The helper process's main thread: one poll loop.
 
 use std::io::{ErrorKind, Read, Write};
 use std::os::fd::AsRawFd;

@@ -1,5 +1,5 @@
 //! The local terminal, for interactive helpers: raw mode that is always
-//! undone, and the escape key that detaches.
+//! undone, and the escape key that detaches. The helper's main thread.
 
 /// Raw mode on stdin for as long as this lives.
 pub struct RawMode {

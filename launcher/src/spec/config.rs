@@ -2,7 +2,7 @@
 //!
 //! Produced only by the spec readers (or by reading a rendered config back);
 //! everything after this point trusts it. Plain data, serde both ways, so
-//! `vmpod render` output round-trips.
+//! `vmpod render` output round-trips. Pure; any thread.
 
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -337,6 +337,14 @@ mod tests {
             cores,
             threads,
         }
+    }
+
+    #[test]
+    fn apic_ids_follow_the_topology_fields() {
+        assert_eq!(topology(1, 4, 1).apic_ids(), [0, 1, 2, 3]);
+        assert_eq!(topology(2, 2, 2).apic_ids(), [0, 1, 2, 3, 4, 5, 6, 7]);
+        // Three cores need two bits, so the second socket starts at 4.
+        assert_eq!(topology(2, 3, 1).apic_ids(), [0, 1, 2, 4, 5, 6]);
     }
 
     #[test]

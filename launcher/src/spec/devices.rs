@@ -1,7 +1,7 @@
 //! Reads `domain.devices` and `networks`, and joins interfaces to networks
 //! by name, as KubeVirt does (volumes and disks: see `volumes`).
 //!
-//! Pure: called by the `kubevirt` reader on the same document.
+//! Pure: called by the `kubevirt` reader on the same document, on any thread.
 
 use std::collections::BTreeSet;
 

@@ -2,7 +2,7 @@
 //!
 //! Owns the bookkeeping every reader needs: which fields were read, which
 //! were ignored on purpose, and every problem found (all of them, not just
-//! the first). Pure data; no I/O. Called by the spec readers.
+//! the first). Pure data; no I/O. Called by the spec readers, on any thread.
 
 use serde_norway::{Mapping, Value};
 use std::collections::BTreeMap;

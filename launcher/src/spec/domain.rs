@@ -1,7 +1,7 @@
 //! Reads the domain's CPU, memory, resources, firmware and the machine-level
 //! fields (`machine`, `features`, `clock`) of a KubeVirt definition.
 //!
-//! Pure: called by the `kubevirt` reader on the same document.
+//! Pure: called by the `kubevirt` reader on the same document, on any thread.
 
 use std::path::PathBuf;
 

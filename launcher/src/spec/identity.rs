@@ -2,7 +2,7 @@
 //! derived from the VM's identity, and derived MAC addresses.
 //!
 //! Pure functions. Nothing here is random: the same VM gets the same
-//! UUID and MACs on every start, on every node.
+//! UUID and MACs on every start, on every node. Any thread.
 
 use uuid::Uuid;
 

@@ -1,7 +1,7 @@
 //! Reads `volumes` (where disk bytes come from inside the pod) and joins
 //! each disk of `domain.devices.disks` to the volume of the same name.
 //!
-//! Pure: called by the `kubevirt` reader on the same document.
+//! Pure: called by the `kubevirt` reader on the same document, on any thread.
 
 use base64::Engine;
 use std::collections::BTreeSet;

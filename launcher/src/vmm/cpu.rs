@@ -292,22 +292,6 @@ pub fn set_lint_pins(vcpu: &VcpuFd, index: u32) -> Result<(), CpuError> {
 mod tests {
     use super::*;
 
-    fn topology(sockets: u32, cores: u32, threads: u32) -> CpuTopology {
-        CpuTopology {
-            sockets,
-            cores,
-            threads,
-        }
-    }
-
-    #[test]
-    fn apic_ids_follow_the_topology_fields() {
-        assert_eq!(topology(1, 4, 1).apic_ids(), [0, 1, 2, 3]);
-        assert_eq!(topology(2, 2, 2).apic_ids(), [0, 1, 2, 3, 4, 5, 6, 7]);
-        // Three cores need two bits, so the second socket starts at 4.
-        assert_eq!(topology(2, 3, 1).apic_ids(), [0, 1, 2, 4, 5, 6]);
-    }
-
     #[test]
     fn gdt_entries_decode_to_flat_segments() {
         let code64 = segment(GDT[1], CODE64_SELECTOR);

@@ -1,7 +1,7 @@
 //! The guest-physical memory map: where vmpod puts RAM, boot structures,
 //! ACPI tables and device windows. Constants only; every other module
 //! takes addresses from here so that the e820 map, the ACPI tables and the
-//! devices always agree.
+//! devices always agree (and compile-time checks that they do not overlap).
 
 /// GDT written by the VMM (the 64-bit boot path uses it as is).
 pub const GDT_ADDR: u64 = 0x500;

@@ -296,3 +296,14 @@ impl Running {
         }
     }
 }
+
+/// Reads monitor output up to and including the next `(vmpod) ` prompt.
+pub fn until_prompt(monitor: &mut impl Read) -> String {
+    let mut text = Vec::new();
+    while !text.ends_with(b"(vmpod) ") {
+        let mut byte = [0u8];
+        monitor.read_exact(&mut byte).expect("monitor output");
+        text.push(byte[0]);
+    }
+    String::from_utf8_lossy(&text).into_owned()
+}
