@@ -231,6 +231,39 @@ fn render_output_reads_back_as_the_same_config() {
         "render → parse gives the same VmConfig"
     );
     assert!(stderr(&yaml).contains("vmpod: info: ignored spec.template.spec.evictionStrategy"));
+    assert_eq!(from_yaml.validate(), Ok(()), "a rendered config validates");
+    // A rendered config edited by hand is checked again when read back.
+    let mut edited = from_yaml;
+    edited.cpu.sockets = 3;
+    edited.cpu.cores = 65;
+    let problems = edited.validate().expect_err("65 cores per socket");
+    assert_eq!(problems[0].path, "cpu");
+    assert!(
+        problems[0]
+            .to_string()
+            .starts_with("cpu: 65 cores per socket"),
+        "{problems:?}"
+    );
+}
+
+#[test]
+fn topologies_the_madt_cannot_list_are_refused_with_their_path() {
+    let text = r#"{"apiVersion": "kubevirt.io/v1", "kind": "VirtualMachineInstance",
+        "metadata": {"name": "wide"},
+        "spec": {"domain": {"cpu": {"sockets": 5, "cores": 33}, "memory": {"guest": "64Mi"},
+                 "firmware": {"kernelBoot": {"container": {"kernelPath": "/k"}}}}}}"#;
+    let documents = spec::parse_documents(text.as_bytes()).expect("parses");
+    let Some(Document::Vm(definition)) = documents.first() else {
+        panic!("no VM")
+    };
+    let problems = definition.outcome.as_ref().expect_err("refused");
+    let shown: Vec<String> = problems.iter().map(ToString::to_string).collect();
+    assert_eq!(shown.len(), 1, "{shown:?}");
+    assert!(
+        shown[0]
+            .starts_with("spec.domain.cpu: this topology numbers its vCPUs' APIC ids up to 288"),
+        "{shown:?}"
+    );
 }
 
 #[test]

@@ -157,3 +157,28 @@ fn relay(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_failure_names_the_socket_it_concerns() {
+        let missing = relay_plain(std::path::Path::new("/nonexistent-run"), "qmp.sock")
+            .expect_err("nothing listens there");
+        assert!(
+            missing
+                .to_string()
+                .starts_with("cannot reach /nonexistent-run/qmp.sock"),
+            "{missing}"
+        );
+        let broken = SerialError::Io {
+            path: "/vm/run/monitor.sock".into(),
+            source: std::io::ErrorKind::BrokenPipe.into(),
+        };
+        assert_eq!(
+            broken.to_string(),
+            "the connection to /vm/run/monitor.sock failed"
+        );
+    }
+}
