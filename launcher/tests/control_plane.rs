@@ -196,3 +196,20 @@ fn a_monitor_waiting_in_stop_prompts_again_once_the_vm_paused() {
     assert_eq!(until_prompt(), "(vmpod) ");
     assert_eq!(until_prompt(), "VM status: paused\r\n(vmpod) ");
 }
+
+#[test]
+fn the_last_event_reaches_clients_before_the_control_plane_stops() {
+    let mut plane = ControlPlane::start("last-event");
+    let mut client = Qmp::connect(&plane);
+    client.send(r#"{"execute":"quit","id":"q"}"#);
+    assert!(matches!(plane.next_command(), Command::Quit));
+    assert_eq!(client.line(), r#"{"id":"q","return":{}}"#);
+    // As launch does when the VM has ended: the event, then the stop.
+    plane.status.set(Status::Shutdown);
+    plane.events.send(Timed::now(Event::Shutdown));
+    let _ = plane.stop.write(1);
+    if let Some(thread) = plane.thread.take() {
+        thread.join().expect("control loop");
+    }
+    assert!(client.line().contains(r#""event":"SHUTDOWN""#));
+}

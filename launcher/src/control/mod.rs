@@ -204,7 +204,9 @@ impl ControlLoop {
         })
     }
 
-    /// Serves every socket until `stop` is signalled.
+    /// Serves every socket until `stop` is signalled; then passes on the
+    /// VMM's last events (SHUTDOWN, sent before the stop) and what clients
+    /// still have to receive, as far as their sockets take it.
     pub fn run(&mut self, stop: &EventFd) -> std::io::Result<()> {
         self.epoll.ctl(
             ControlOperation::Add,
@@ -218,9 +220,15 @@ impl ControlLoop {
                 Err(error) if error.kind() == ErrorKind::Interrupted => continue,
                 Err(error) => return Err(error),
             };
+            if events[..count].iter().any(|event| event.data() == STOP) {
+                self.broadcast_events();
+                self.serial.after_events();
+                self.flush_clients();
+                return Ok(());
+            }
             for event in &events[..count] {
                 match event.data() {
-                    STOP => return Ok(()),
+                    STOP => {}
                     QMP_LISTENER => self.accept(false),
                     MONITOR_LISTENER => self.accept(true),
                     READY_LISTENER => self.answer_readiness(),
