@@ -14,6 +14,7 @@ usage: benches/control_plane.py [--calls N] [--baseline OLD_VMPOD]
 
 import argparse
 import json
+import multiprocessing
 import os
 import pathlib
 import shutil
@@ -50,19 +51,24 @@ def wait_for_path(path, timeout=10):
         time.sleep(0.01)
 
 
+def ask_and_report(socket_path, calls, results):
+    results.put(qmp_round_trips(socket_path, calls))
+
+
 def qmp_round_trips_from(socket_path, calls, clients):
-    """Samples from `clients` clients asking at once, `calls` in all."""
-    results = [None] * clients
-
-    def ask(index):
-        results[index] = qmp_round_trips(socket_path, calls // clients)
-
-    threads = [threading.Thread(target=ask, args=(i,)) for i in range(clients)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    return [sample for samples in results for sample in samples]
+    """Samples from `clients` clients asking at once, `calls` in all; each
+    client is a process of its own, so Python's lock does not serialise them."""
+    if clients == 1:
+        return qmp_round_trips(socket_path, calls)
+    results = multiprocessing.Queue()
+    askers = [multiprocessing.Process(target=ask_and_report, args=(socket_path, calls // clients, results))
+              for _ in range(clients)]
+    for asker in askers:
+        asker.start()
+    samples = [sample for _ in askers for sample in results.get()]
+    for asker in askers:
+        asker.join()
+    return samples
 
 
 def connect(socket_path):

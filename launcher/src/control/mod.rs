@@ -287,15 +287,19 @@ impl ControlLoop {
         let Some(index) = self.clients.iter().position(|(t, _)| *t == token) else {
             return;
         };
-        if !self.clients[index].1.on_readable(&self.vm) {
-            // Answers to its last commands still go out, as far as they can.
-            let (_, mut client) = self.clients.remove(index);
-            client.outbox().flush();
-            let fd = client.outbox().stream.as_raw_fd();
-            let _ = self
-                .epoll
-                .ctl(ControlOperation::Delete, fd, EpollEvent::default());
+        let client = &mut self.clients[index].1;
+        let alive = client.on_readable(&self.vm);
+        // Answers go out at once (for a client that is leaving, as far as
+        // its socket takes them), not after the other ready clients' turn.
+        let delivered = client.outbox().flush();
+        if alive && delivered {
+            return;
         }
+        let (_, mut client) = self.clients.remove(index);
+        let fd = client.outbox().stream.as_raw_fd();
+        let _ = self
+            .epoll
+            .ctl(ControlOperation::Delete, fd, EpollEvent::default());
     }
 
     /// `/vm/ready`: one line, then the connection closes.
