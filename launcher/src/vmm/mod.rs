@@ -185,7 +185,12 @@ pub fn run(kvm: &Kvm, config: &VmConfig, io: VmmIo) -> Result<Outcome, VmmError>
         lifecycle: io.events,
         status: io.status,
     };
-    vmm.run_boots()
+    let outcome = vmm.run_boots();
+    if outcome.is_err() {
+        // Clients hear that the VM is gone, whatever ended it.
+        vmm.finish(Outcome::Poweroff);
+    }
+    outcome
 }
 
 /// What is left of the commands queued when a boot ended, for the next
@@ -235,10 +240,7 @@ impl Vmm<'_> {
                     self.lifecycle.send(Timed::now(Event::Reset));
                     memory::clear(&self.guest_memory)?;
                 }
-                Ending::Failed(error) => {
-                    self.finish(Outcome::Poweroff);
-                    return Err(VmmError::Guest(error));
-                }
+                Ending::Failed(error) => return Err(VmmError::Guest(error)),
             }
         }
         unreachable!("boot numbers do not run out")
