@@ -55,6 +55,16 @@ def test_reboot_boots_the_kernel_again_in_the_same_process(nested):
     assert result(run, "exit") == "0", run["stderr"]
 
 
+def test_a_stock_kernel_finds_virtio_rng_through_the_dsdt(nested):
+    # Debian's kernel has no virtio_mmio.device= support: the LNRO0005
+    # entry in vmpod's DSDT is how virtio_mmio finds the device.
+    run = nested["poweroff"]
+    assert "L2: rng_current=virtio_rng.0" in run["stdout"], run["stdout"]
+    assert "L2: hwrng gave 4096 bytes" in run["stdout"], run["stdout"]
+    # After a reboot the device is reset and found again.
+    assert nested["reboot"]["stdout"].count("L2: hwrng gave 4096 bytes") == 2, nested["reboot"]["stdout"]
+
+
 def test_the_boot_log_is_on_stdout_and_on_vm_serial(nested):
     run = nested["poweroff"]
     for line in ("L2: reached /init", "L2: nproc=2", "L2: waiting for a command"):

@@ -158,9 +158,6 @@ fn warn_about_unbuilt_devices(config: &VmConfig) {
     if !config.nics.is_empty() {
         missing.push(format!("{} NIC(s)", config.nics.len()));
     }
-    if config.rng {
-        missing.push("the rng device".into());
-    }
     if !config.inputs.is_empty() {
         missing.push("input devices".into());
     }
@@ -169,7 +166,7 @@ fn warn_about_unbuilt_devices(config: &VmConfig) {
     }
     if !missing.is_empty() {
         log::warn!(
-            "this vmpod does not build virtio devices or a display yet: the guest will not see {}",
+            "this vmpod does not build disks, NICs, input devices or a display yet: the guest will not see {}",
             missing.join(", ")
         );
     }

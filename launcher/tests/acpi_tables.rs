@@ -50,7 +50,13 @@ fn iasl_disassembles_and_recompiles_every_table() {
     let (commands, _receiver) = vmpod::api::channel().expect("channel");
     let platform = vmpod::vmm::platform::build(&commands, Box::new(std::io::sink()))
         .expect("platform devices");
-    let devices = platform.devices.acpi_devices();
+    let mut devices = platform.devices.acpi_devices();
+    devices.extend(vmpod::vmm::acpi::virtio_mmio_device(
+        0,
+        0xd000_0000,
+        0x1000,
+        10,
+    ));
     let tables = build(&AcpiFacts {
         apic_ids: &apic_ids,
         devices: &devices,
@@ -92,6 +98,10 @@ fn iasl_disassembles_and_recompiles_every_table() {
         "\"PNP0501\"",
         "Device (PS2K)",
         "0x03F8",
+        "Device (VR00)",
+        "\"LNRO0005\"",
+        "Memory32Fixed (ReadWrite,",
+        "0xD0000000,         // Address Base",
     ] {
         assert!(dsdt.contains(expected), "DSDT lacks {expected}:\n{dsdt}");
     }

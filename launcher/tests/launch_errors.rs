@@ -207,7 +207,7 @@ fn devices_this_vmpod_cannot_build_are_named_not_dropped() {
     let run = launch(&definition).finish(WATCHDOG);
     assert!(
         run.stderr.contains(
-            "does not build virtio devices or a display yet: the guest will not see 1 disk(s)"
+            "does not build disks, NICs, input devices or a display yet: the guest will not see 1 disk(s)"
         ),
         "{}",
         run.stderr

@@ -28,8 +28,10 @@ root="$out/l2-root"
 rm -rf "$root"
 mkdir -p "$root/bin" "$root/proc" "$root/sys" "$root/dev" "$root/modules"
 cp /bin/busybox "$root/bin/busybox"
-# The ACPI power button and evdev are modules in this kernel.
-for module in drivers/input/evdev drivers/acpi/button; do
+# The ACPI power button, evdev and virtio (found through the DSDT's
+# LNRO0005 entries by virtio_mmio) are modules in this kernel.
+for module in drivers/input/evdev drivers/acpi/button drivers/virtio/virtio_ring \
+        drivers/virtio/virtio drivers/virtio/virtio_mmio drivers/char/hw_random/virtio-rng; do
     cp "$out"/kernel/lib/modules/*/kernel/$module.ko "$root/modules/"
 done
 cp "$here/l2-init" "$root/init"

@@ -171,6 +171,26 @@ pub fn pnp_device(name: &str, pnp_id: &str, ports: &[(u16, u8)], irq: u32) -> Ve
     ))
 }
 
+/// A virtio-mmio device's DSDT entry (`LNRO0005`, as Linux's virtio_mmio
+/// driver matches it): its register window and its edge-triggered
+/// interrupt. Debian's kernel finds virtio-mmio devices only this way.
+pub fn virtio_mmio_device(index: u8, base: u64, len: u64, irq: u32) -> Vec<u8> {
+    let window = aml::Memory32Fixed::new(true, base as u32, len as u32);
+    let interrupt = aml::Interrupt::new(true, true, false, false, irq);
+    let name = format!("VR{index:02X}");
+    aml_bytes(&aml::Device::new(
+        name.as_str().into(),
+        vec![
+            &aml::Name::new("_HID".into(), &"LNRO0005"),
+            &aml::Name::new("_UID".into(), &index),
+            &aml::Name::new(
+                "_CRS".into(),
+                &aml::ResourceTemplate::new(vec![&window, &interrupt]),
+            ),
+        ],
+    ))
+}
+
 /// The Generic Event Device and the power button it notifies: `_EVT`
 /// reads the event register and notifies `\_SB.PWRB` when its bit is set.
 /// Its `_CRS` holds only the interrupt (Linux's driver refuses anything

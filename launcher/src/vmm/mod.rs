@@ -20,6 +20,7 @@ pub mod memory;
 pub mod platform;
 pub mod termination;
 pub mod vcpu;
+pub mod virtio;
 
 use std::collections::VecDeque;
 use std::io::Write;
@@ -127,8 +128,10 @@ enum Ending {
 struct Vmm<'a> {
     kvm: &'a Kvm,
     config: &'a VmConfig,
-    guest_memory: GuestMemoryMmap,
+    guest_memory: Arc<GuestMemoryMmap>,
     platform: Platform,
+    /// Virtio transports, reset with the guest.
+    virtio: Vec<Arc<std::sync::Mutex<crate::devices::virtio::mmio::MmioTransport>>>,
     events: EventLoop,
     commands: CommandReceiver,
     command_sender: CommandSender,
@@ -141,11 +144,12 @@ struct Vmm<'a> {
 /// Boots `config` and serves it until the guest powers off or fails.
 pub fn run(kvm: &Kvm, config: &VmConfig, io: VmmIo) -> Result<Outcome, VmmError> {
     vcpu::install_kick_handler().map_err(io_error("install the vCPU kick signal handler"))?;
-    let guest_memory = memory::create(config.memory_bytes)?;
+    let guest_memory = Arc::new(memory::create(config.memory_bytes)?);
     let output = console::StdoutBuffer::new(io.stdout_buffer)
         .map_err(io_error("create the console output buffer"))?;
     let writer = console::ConsoleWriter::new(output.clone(), io.console_tee);
-    let platform = platform::build(&io.command_sender, Box::new(writer))?;
+    let mut platform = platform::build(&io.command_sender, Box::new(writer))?;
+    let virtio_slots = add_virtio_devices(config, &mut platform.devices, &guest_memory)?;
     let mut events = EventLoop::new().map_err(io_error("create the VMM event loop"))?;
     events
         .watch(io.commands.as_raw_fd(), COMMANDS)
@@ -172,12 +176,20 @@ pub fn run(kvm: &Kvm, config: &VmConfig, io: VmmIo) -> Result<Outcome, VmmError>
     events
         .add_handler(Box::new(termination))
         .map_err(io_error("watch SIGTERM and SIGINT"))?;
+    let mut virtio = Vec::new();
+    for slot in virtio_slots {
+        virtio.push(slot.transport);
+        events
+            .add_handler(Box::new(slot.notifiers))
+            .map_err(io_error("watch a virtio device's queues"))?;
+    }
     let _terminal = io.stdin_input.then(console::TerminalMode::character_mode);
     let mut vmm = Vmm {
         kvm,
         config,
         guest_memory,
         platform,
+        virtio,
         events,
         commands: io.commands,
         command_sender: io.command_sender,
@@ -191,6 +203,26 @@ pub fn run(kvm: &Kvm, config: &VmConfig, io: VmmIo) -> Result<Outcome, VmmError>
         vmm.finish(Outcome::Poweroff);
     }
     outcome
+}
+
+/// The virtio devices the definition asks for, in DSDT order.
+fn add_virtio_devices(
+    config: &VmConfig,
+    devices: &mut device_manager::DeviceManager,
+    memory: &Arc<GuestMemoryMmap>,
+) -> Result<Vec<virtio::VirtioSlot>, VmmError> {
+    let mut slots = Vec::new();
+    if config.rng {
+        let rng = Box::new(crate::devices::virtio::rng::Rng::default());
+        slots.push(virtio::add(
+            devices,
+            slots.len() as u8,
+            "virtio-rng",
+            rng,
+            memory,
+        )?);
+    }
+    Ok(slots)
 }
 
 /// What is left of the commands queued when a boot ended, for the next
@@ -238,6 +270,9 @@ impl Vmm<'_> {
                         boot_number + 1
                     );
                     self.lifecycle.send(Timed::now(Event::Reset));
+                    for transport in &self.virtio {
+                        transport.lock().unwrap_or_else(|p| p.into_inner()).reset();
+                    }
                     memory::clear(&self.guest_memory)?;
                 }
                 Ending::Failed(error) => return Err(VmmError::Guest(error)),

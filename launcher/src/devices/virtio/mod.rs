@@ -6,14 +6,27 @@
 //! the registers, the status state machine, feature negotiation and queue
 //! setup; a device never knows which transport carries it.
 //!
-//! Devices are built and activated on the VMM thread; their notifiers and
-//! backends are served by the VMM thread's event loop.
+//! Devices are built on the VMM thread and activated by the driver's
+//! register writes (a vCPU thread); queue notifications reach them from
+//! the VMM thread's event loop (ioeventfds). All through the transport's
+//! mutex.
+
+pub mod mmio;
+pub mod rng;
 
 use std::sync::Arc;
 
 use virtio_queue::Queue;
 use vm_memory::GuestMemoryMmap;
-use vmm_sys_util::eventfd::EventFd;
+
+/// The guest is hostile: a request it malformed fails, and is logged at
+/// most this often (the first few, then every power of two).
+pub fn log_bad_request(count: &mut u64, device: &str, what: impl std::fmt::Display) {
+    *count += 1;
+    if *count <= 4 || count.is_power_of_two() {
+        log::warn!("{device}: the guest sent a malformed request ({what}); failed it (bad requests so far: {count})");
+    }
+}
 
 /// Device types (virtio 1.2, section 5).
 pub mod device_type {
@@ -42,11 +55,10 @@ pub trait VirtioInterrupt: Send + Sync {
     fn trigger(&self, cause: InterruptCause) -> std::io::Result<()>;
 }
 
-/// One queue the driver set up, and the eventfd its notifications arrive on.
+/// One queue the driver set up.
 pub struct ActiveQueue {
     pub index: u16,
     pub queue: Queue,
-    pub notifier: EventFd,
 }
 
 /// What a device gets when the driver has finished setting it up.
@@ -80,6 +92,8 @@ pub trait VirtioDevice: Send {
     fn write_config(&mut self, offset: u64, data: &[u8]);
     /// Starts serving its queues.
     fn activate(&mut self, activation: Activation) -> Result<(), ActivateError>;
+    /// The driver made buffers available on queue `index`.
+    fn queue_notified(&mut self, index: u16);
     /// The driver reset the device: drop the queues, keep the backend.
     fn reset(&mut self);
 }

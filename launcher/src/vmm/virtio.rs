@@ -1,0 +1,100 @@
+//! Virtio devices on the virtio-mmio transport: each is added to the
+//! device manager in one call (a window in the device window, an
+//! interrupt line, one ioeventfd per queue, its `LNRO0005` DSDT entry),
+//! and its queue notifiers are served by the VMM thread's event loop.
+//!
+//! VMM thread only.
+
+use std::os::fd::AsRawFd;
+use std::sync::{Arc, Mutex};
+
+use vm_memory::GuestMemoryMmap;
+use vmm_sys_util::epoll::EventSet;
+use vmm_sys_util::eventfd::EventFd;
+
+use super::acpi;
+use super::device_manager::{DeviceError, DeviceManager, DeviceSpec, Irq, Notifier, Window};
+use super::event_loop::{EventHandler, Registrar};
+use crate::api::Command;
+use crate::devices::virtio::mmio::{MmioTransport, QUEUE_NOTIFY, WINDOW_SIZE};
+use crate::devices::virtio::VirtioDevice;
+
+/// A virtio device on its transport, and what wakes it.
+pub struct VirtioSlot {
+    pub transport: Arc<Mutex<MmioTransport>>,
+    pub notifiers: QueueNotifiers,
+}
+
+/// Adds `device` as the `index`th virtio-mmio device.
+pub fn add(
+    devices: &mut DeviceManager,
+    index: u8,
+    name: &str,
+    device: Box<dyn VirtioDevice>,
+    memory: &Arc<GuestMemoryMmap>,
+) -> Result<VirtioSlot, DeviceError> {
+    let notifiers = (0..device.queue_max_sizes().len() as u32)
+        .map(|queue| Notifier {
+            offset: QUEUE_NOTIFY,
+            datamatch: Some(queue),
+        })
+        .collect();
+    let spec = DeviceSpec {
+        name: name.to_owned(),
+        window: Window::MmioAnywhere {
+            len: WINDOW_SIZE,
+            align: WINDOW_SIZE,
+        },
+        irq: Irq::Allocate,
+        notifiers,
+        acpi: Some(Box::new(move |resources| {
+            acpi::virtio_mmio_device(
+                index,
+                resources.base,
+                resources.len,
+                resources.gsi.unwrap_or(0),
+            )
+        })),
+    };
+    let mut queue_fds = Vec::new();
+    let transport = devices.add(spec, |resources| {
+        queue_fds = resources.notifiers()?;
+        Ok(MmioTransport::new(
+            device,
+            memory.clone(),
+            resources.interrupt()?,
+        ))
+    })?;
+    Ok(VirtioSlot {
+        notifiers: QueueNotifiers {
+            transport: transport.clone(),
+            fds: queue_fds,
+        },
+        transport,
+    })
+}
+
+/// The ioeventfds of one device's queues, on the event loop.
+pub struct QueueNotifiers {
+    transport: Arc<Mutex<MmioTransport>>,
+    fds: Vec<EventFd>,
+}
+
+impl EventHandler for QueueNotifiers {
+    fn register(&mut self, events: &Registrar<'_>) -> std::io::Result<()> {
+        for (queue, fd) in self.fds.iter().enumerate() {
+            events.add(fd.as_raw_fd(), queue as u32, EventSet::IN)?;
+        }
+        Ok(())
+    }
+
+    fn handle(&mut self, source: u32, _: EventSet, _: &Registrar<'_>) -> Option<Command> {
+        let fd = self.fds.get(source as usize)?;
+        let _ = fd.read();
+        self.transport
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .notify(source as u16);
+        None
+    }
+}
