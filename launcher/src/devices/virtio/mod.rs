@@ -11,6 +11,7 @@
 //! the VMM thread's event loop (ioeventfds). All through the transport's
 //! mutex.
 
+pub mod block;
 pub mod mmio;
 pub mod rng;
 
