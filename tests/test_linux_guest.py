@@ -65,6 +65,24 @@ def test_a_stock_kernel_finds_virtio_rng_through_the_dsdt(nested):
     assert nested["reboot"]["stdout"].count("L2: hwrng gave 4096 bytes") == 2, nested["reboot"]["stdout"]
 
 
+def test_disks_appear_with_their_sizes_serials_and_read_only_flags(nested):
+    run = nested["poweroff"]
+    out = run["stdout"]
+    # 64Mi created by vmpod (hostDisk DiskOrCreate); a 1 MiB read-only image.
+    assert "serial=vmpod-data sectors=131072 ro=0" in out, out
+    assert "serial=vmpod-ro sectors=2048 ro=1" in out, out
+    assert "says read-only image" in out, out
+    assert "refused a write" in out, out
+
+
+def test_data_written_and_flushed_in_the_guest_is_in_the_file_after_vmpod_exits(nested):
+    run = nested["poweroff"]
+    assert "written and flushed" in run["stdout"], run["stdout"]
+    assert result(run, "exit") == "0", run["stderr"]
+    assert result(run, "data_marker") == "1", run["result"]
+    assert result(run, "ro_intact") == "read-only", run["result"]
+
+
 def test_the_boot_log_is_on_stdout_and_on_vm_serial(nested):
     run = nested["poweroff"]
     for line in ("L2: reached /init", "L2: nproc=2", "L2: waiting for a command"):

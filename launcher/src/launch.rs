@@ -55,7 +55,12 @@ pub struct LaunchOptions {
     pub serial_client_backlog: usize,
     /// Console output held for a stdout that is not being read.
     pub stdout_buffer: usize,
+    /// Where emptyDisks are created (an emptyDir in a pod).
+    pub scratch_dir: std::path::PathBuf,
 }
+
+/// Where emptyDisks go by default.
+pub const DEFAULT_SCRATCH_DIR: &str = "/vm/scratch";
 
 /// Boots `config` and serves it until the guest powers off or fails.
 pub fn run(config: &VmConfig, options: &LaunchOptions) -> Result<Outcome, LaunchError> {
@@ -138,6 +143,7 @@ pub fn run(config: &VmConfig, options: &LaunchOptions) -> Result<Outcome, Launch
             typed_input: Some(typed_for_guest),
             stdin_input: true,
             stdout_buffer: options.stdout_buffer,
+            scratch_dir: options.scratch_dir.clone(),
             termination_signals,
         },
     );
@@ -151,9 +157,18 @@ pub fn run(config: &VmConfig, options: &LaunchOptions) -> Result<Outcome, Launch
 /// Says which parts of the definition this vmpod cannot give the guest yet
 /// (rather than dropping them silently).
 fn warn_about_unbuilt_devices(config: &VmConfig) {
+    use crate::spec::config::DiskSource;
     let mut missing = Vec::new();
-    if !config.disks.is_empty() {
-        missing.push(format!("{} disk(s)", config.disks.len()));
+    for disk in &config.disks {
+        match disk.source {
+            DiskSource::ContainerDisk { .. } => {
+                missing.push(format!("the containerDisk {}", disk.name))
+            }
+            DiskSource::CloudInitNoCloud { .. } => {
+                missing.push(format!("the cloud-init disk {}", disk.name))
+            }
+            _ => {}
+        }
     }
     if !config.nics.is_empty() {
         missing.push(format!("{} NIC(s)", config.nics.len()));
@@ -166,7 +181,7 @@ fn warn_about_unbuilt_devices(config: &VmConfig) {
     }
     if !missing.is_empty() {
         log::warn!(
-            "this vmpod does not build disks, NICs, input devices or a display yet: the guest will not see {}",
+            "this vmpod does not build container disks, cloud-init disks, NICs, input devices or a display yet: the guest will not see {}",
             missing.join(", ")
         );
     }

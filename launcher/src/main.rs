@@ -62,6 +62,9 @@ enum Command {
         /// beyond that, stdout misses output (the serial console keeps it)
         #[arg(long, default_value_t = vmpod::vmm::console::STDOUT_BUFFER, value_name = "BYTES")]
         stdout_buffer: usize,
+        /// Where emptyDisks are created (an emptyDir volume in a pod)
+        #[arg(long, env = "VMPOD_SCRATCH_DIR", default_value = vmpod::launch::DEFAULT_SCRATCH_DIR, value_name = "DIR")]
+        scratch_dir: PathBuf,
     },
     /// Check VM definitions and print every problem with its YAML path
     Validate {
@@ -164,12 +167,14 @@ fn main() -> ExitCode {
             serial_scrollback,
             serial_client_backlog,
             stdout_buffer,
+            scratch_dir,
         } => {
             let options = vmpod::launch::LaunchOptions {
                 run_dir,
                 serial_scrollback,
                 serial_client_backlog,
                 stdout_buffer,
+                scratch_dir,
             };
             cli::launch(&file, name.as_deref(), &options)
         }

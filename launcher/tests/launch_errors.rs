@@ -196,21 +196,54 @@ fn devices_this_vmpod_cannot_build_are_named_not_dropped() {
         1,
         "16Mi",
         "",
-        "  volumes: [{name: scratch, emptyDisk: {capacity: 1Gi}}]\n",
+        "  volumes: [{name: seed, cloudInitNoCloud: {userData: \"#cloud-config\"}}]\n",
     );
     // Give the guest the disk it names.
     let text = std::fs::read_to_string(&definition).expect("read").replace(
         "devices: {autoattachPodInterface: false,",
-        "devices: {disks: [{name: scratch}], autoattachPodInterface: false,",
+        "devices: {disks: [{name: seed}], autoattachPodInterface: false,",
     );
     std::fs::write(&definition, text).expect("write");
     let run = launch(&definition).finish(WATCHDOG);
     assert!(
         run.stderr.contains(
-            "does not build disks, NICs, input devices or a display yet: the guest will not see 1 disk(s)"
+            "does not build container disks, cloud-init disks, NICs, input devices or a display yet: the guest will not see the cloud-init disk seed"
         ),
         "{}",
         run.stderr
     );
     assert_eq!(run.code, Some(0), "{}", run.stderr);
+}
+
+#[test]
+#[cfg_attr(not(vmpod_kvm), ignore = "needs a usable /dev/kvm")]
+fn a_missing_disk_file_is_named_with_its_disk() {
+    let scratch = Scratch::new("missing-disk");
+    let image = scratch.0.join("absent.img");
+    let definition = scratch.definition_with(
+        "nodisk",
+        &guest("hello.elf"),
+        1,
+        "16Mi",
+        "",
+        &format!(
+            "  volumes: [{{name: data, hostDisk: {{path: {}, type: Disk}}}}]\n",
+            image.display()
+        ),
+    );
+    let text = std::fs::read_to_string(&definition).expect("read").replace(
+        "devices: {autoattachPodInterface: false,",
+        "devices: {disks: [{name: data}], autoattachPodInterface: false,",
+    );
+    std::fs::write(&definition, text).expect("write");
+    let run = launch(&definition).finish(WATCHDOG);
+    assert_eq!(run.code, Some(1), "{}", run.stderr);
+    assert!(
+        run.stderr.contains(&format!(
+            "vmpod: error: disk data: cannot open {}: check that the volume is mounted there and readable and writable",
+            image.display()
+        )),
+        "{}",
+        run.stderr
+    );
 }

@@ -31,7 +31,8 @@ cp /bin/busybox "$root/bin/busybox"
 # The ACPI power button, evdev and virtio (found through the DSDT's
 # LNRO0005 entries by virtio_mmio) are modules in this kernel.
 for module in drivers/input/evdev drivers/acpi/button drivers/virtio/virtio_ring \
-        drivers/virtio/virtio drivers/virtio/virtio_mmio drivers/char/hw_random/virtio-rng; do
+        drivers/virtio/virtio drivers/virtio/virtio_mmio drivers/char/hw_random/virtio-rng \
+        drivers/block/virtio_blk; do
     cp "$out"/kernel/lib/modules/*/kernel/$module.ko "$root/modules/"
 done
 cp "$here/l2-init" "$root/init"

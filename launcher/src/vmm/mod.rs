@@ -13,6 +13,7 @@ pub mod boot;
 pub mod console;
 pub mod cpu;
 pub mod device_manager;
+pub mod disks;
 pub mod event_loop;
 pub mod host;
 pub mod layout;
@@ -53,6 +54,8 @@ pub enum VmmError {
     Cpu(#[from] cpu::CpuError),
     #[error(transparent)]
     Device(#[from] device_manager::DeviceError),
+    #[error(transparent)]
+    Disk(#[from] disks::DiskError),
     #[error("KVM refused to {what}")]
     Kvm {
         what: &'static str,
@@ -109,6 +112,8 @@ pub struct VmmIo {
     pub stdin_input: bool,
     /// Bytes of console output held for stdout while it is not read.
     pub stdout_buffer: usize,
+    /// Where emptyDisks are created (an emptyDir in a pod).
+    pub scratch_dir: std::path::PathBuf,
     /// SIGTERM and SIGINT, already blocked in every thread.
     pub termination_signals: SignalFd,
 }
@@ -149,7 +154,12 @@ pub fn run(kvm: &Kvm, config: &VmConfig, io: VmmIo) -> Result<Outcome, VmmError>
         .map_err(io_error("create the console output buffer"))?;
     let writer = console::ConsoleWriter::new(output.clone(), io.console_tee);
     let mut platform = platform::build(&io.command_sender, Box::new(writer))?;
-    let virtio_slots = add_virtio_devices(config, &mut platform.devices, &guest_memory)?;
+    let virtio_slots = add_virtio_devices(
+        config,
+        &io.scratch_dir,
+        &mut platform.devices,
+        &guest_memory,
+    )?;
     let mut events = EventLoop::new().map_err(io_error("create the VMM event loop"))?;
     events
         .watch(io.commands.as_raw_fd(), COMMANDS)
@@ -205,13 +215,41 @@ pub fn run(kvm: &Kvm, config: &VmConfig, io: VmmIo) -> Result<Outcome, VmmError>
     outcome
 }
 
-/// The virtio devices the definition asks for, in DSDT order.
+/// The virtio devices the definition asks for, in DSDT order: the disks
+/// in their order, then the rest.
 fn add_virtio_devices(
     config: &VmConfig,
+    scratch: &std::path::Path,
     devices: &mut device_manager::DeviceManager,
     memory: &Arc<GuestMemoryMmap>,
 ) -> Result<Vec<virtio::VirtioSlot>, VmmError> {
     let mut slots = Vec::new();
+    for disk in &config.disks {
+        let Some(opened) = disks::open(disk, scratch)? else {
+            continue;
+        };
+        log::info!(
+            "disk {}: {} bytes{}",
+            opened.name,
+            opened.size_bytes,
+            if opened.readonly { ", read-only" } else { "" }
+        );
+        let block = Box::new(crate::devices::virtio::block::Block::new(
+            &opened.name,
+            opened.file,
+            opened.size_bytes,
+            opened.readonly,
+            opened.serial.as_deref(),
+        ));
+        let name = format!("virtio-blk {}", opened.name);
+        slots.push(virtio::add(
+            devices,
+            slots.len() as u8,
+            &name,
+            block,
+            memory,
+        )?);
+    }
     if config.rng {
         let rng = Box::new(crate::devices::virtio::rng::Rng::default());
         slots.push(virtio::add(
