@@ -88,6 +88,7 @@ pub fn run(config: &VmConfig, options: &LaunchOptions) -> Result<Outcome, Launch
         api::channel().map_err(io_error("create the command channel"))?;
     let (event_sender, events) = api::channel().map_err(io_error("create the event channel"))?;
     let status = SharedStatus::default();
+    let block_devices = api::SharedBlockDevices::default();
     let ready_pattern = config.annotations.get(READY_PATTERN_ANNOTATION).cloned();
     let hub = SerialHub::new(
         options.serial_scrollback,
@@ -114,6 +115,7 @@ pub fn run(config: &VmConfig, options: &LaunchOptions) -> Result<Outcome, Launch
         topology: config.cpu,
         status: status.clone(),
         commands: command_sender.clone(),
+        block_devices: block_devices.clone(),
     };
     let control_loop = ControlLoop::new(
         epoll,
@@ -144,6 +146,7 @@ pub fn run(config: &VmConfig, options: &LaunchOptions) -> Result<Outcome, Launch
             stdin_input: true,
             stdout_buffer: options.stdout_buffer,
             scratch_dir: options.scratch_dir.clone(),
+            block_devices,
             termination_signals,
         },
     );

@@ -65,6 +65,7 @@ impl ControlPlane {
             },
             status: status.clone(),
             commands: command_sender,
+            block_devices: Default::default(),
         };
         let mut control = ControlLoop::new(epoll, serial, hub, listeners, event_receiver, vm, None)
             .expect("loop");

@@ -196,3 +196,63 @@ fn send_key_types_on_the_ps2_keyboard() {
     );
     assert_eq!(run.code, Some(0), "{}", run.stderr);
 }
+
+#[test]
+#[cfg_attr(not(vmpod_kvm), ignore = "needs a usable /dev/kvm")]
+fn query_block_and_info_block_list_the_vms_disks() {
+    let scratch = Scratch::new("query-block");
+    let definition = scratch.0.join("disks.yaml");
+    let data = scratch.0.join("data.img");
+    std::fs::write(
+        &definition,
+        format!(
+            "apiVersion: kubevirt.io/v1\nkind: VirtualMachineInstance\nmetadata: {{name: disks}}\n\
+             spec:\n  domain:\n    memory: {{guest: 16Mi}}\n    firmware: {{kernelBoot: {{container: {{kernelPath: {}}}}}}}\n\
+             \x20   devices:\n      autoattachPodInterface: false\n      autoattachGraphicsDevice: false\n\
+             \x20     disks: [{{name: data}}, {{name: scratch, disk: {{readonly: true}}}}]\n\
+             \x20 volumes:\n  - {{name: data, hostDisk: {{path: {}, type: DiskOrCreate, capacity: 8Mi}}}}\n\
+             \x20 - {{name: scratch, emptyDisk: {{capacity: 1Mi}}}}\n",
+            guest("echo.elf").display(),
+            data.display()
+        ),
+    )
+    .expect("write definition");
+    let run_dir = scratch.0.join("run");
+    let mut vm = common::launch_with(
+        Command::new(VMPOD)
+            .args(["launch", "--file"])
+            .arg(&definition)
+            .arg("--run-dir")
+            .arg(&run_dir)
+            .arg("--scratch-dir")
+            .arg(scratch.0.join("scratch")),
+    );
+    vm.expect("type and it echoes", WATCHDOG);
+    let reply = run_helper(
+        "qmp",
+        &run_dir,
+        br#"{"execute":"qmp_capabilities"}{"execute":"query-block","id":1}"#,
+    );
+    let lines: Vec<serde_json::Value> = BufReader::new(reply.stdout.as_slice())
+        .lines()
+        .map(|line| serde_json::from_str(&line.expect("utf-8")).expect("JSON"))
+        .collect();
+    let disks = &lines[2]["return"];
+    assert_eq!(disks[0]["device"], "data", "{lines:?}");
+    assert_eq!(disks[0]["inserted"]["file"], data.display().to_string());
+    assert_eq!(disks[0]["inserted"]["image"]["virtual-size"], 8 << 20);
+    assert_eq!(disks[0]["inserted"]["ro"], false);
+    assert_eq!(disks[1]["device"], "scratch");
+    assert_eq!(disks[1]["inserted"]["ro"], true);
+    assert_eq!(
+        disks[1]["inserted"]["file"],
+        scratch.0.join("scratch/scratch.img").display().to_string()
+    );
+    let monitor = run_helper("monitor", &run_dir, b"info block\n");
+    let text = String::from_utf8_lossy(&monitor.stdout);
+    assert!(
+        text.contains(&format!("data: {} (raw, 8388608 bytes)", data.display())),
+        "{text}"
+    );
+    power_off(vm, &run_dir);
+}

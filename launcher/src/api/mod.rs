@@ -85,6 +85,34 @@ impl Status {
     }
 }
 
+/// A disk the guest has, as the VMM attached it (QMP `query-block`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BlockDevice {
+    /// The disk's name in the definition.
+    pub name: String,
+    /// The file or device behind it.
+    pub file: String,
+    /// The image format ("raw").
+    pub format: &'static str,
+    pub readonly: bool,
+    pub size_bytes: u64,
+}
+
+/// The disks the guest has, set by the VMM once it attached them and
+/// readable from any thread.
+#[derive(Clone, Default)]
+pub struct SharedBlockDevices(Arc<std::sync::Mutex<Vec<BlockDevice>>>);
+
+impl SharedBlockDevices {
+    pub fn get(&self) -> Vec<BlockDevice> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    pub fn set(&self, devices: Vec<BlockDevice>) {
+        *self.0.lock().unwrap_or_else(|p| p.into_inner()) = devices;
+    }
+}
+
 /// The status, set by the VMM and readable from any thread.
 #[derive(Clone, Default)]
 pub struct SharedStatus(Arc<AtomicU8>);

@@ -93,7 +93,21 @@ fn info(what: &str, vm: &VmControl) -> String {
                 )
             })
             .collect(),
-        "block" => String::new(), // no block devices are attached yet
+        "block" => vm
+            .block_devices
+            .get()
+            .iter()
+            .map(|disk| {
+                format!(
+                    "{}: {} ({}{}, {} bytes)\n",
+                    disk.name,
+                    disk.file,
+                    disk.format,
+                    if disk.readonly { ", read-only" } else { "" },
+                    disk.size_bytes
+                )
+            })
+            .collect(),
         other => format!("unknown info: '{other}' (status, version, name, uuid, cpus, block)\n"),
     }
 }

@@ -21,6 +21,7 @@ use serde_json::{json, Value};
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 use vmm_sys_util::eventfd::EventFd;
 
+use crate::api::SharedBlockDevices;
 use crate::api::{keys, Command, CommandSender, Event, EventReceiver, SharedStatus, Status};
 use crate::spec::config::CpuTopology;
 
@@ -31,6 +32,7 @@ pub struct VmControl {
     pub topology: CpuTopology,
     pub status: SharedStatus,
     pub commands: CommandSender,
+    pub block_devices: SharedBlockDevices,
 }
 
 /// A command's answer: now, or once the VM has reached a status.
@@ -88,6 +90,35 @@ impl VmControl {
     pub fn send_keys(&self, qcodes: &[&str]) -> Result<(), String> {
         self.ask(Command::Keys(keys::chord(qcodes)?));
         Ok(())
+    }
+
+    /// `query-block`: one entry per disk, in QEMU's shape.
+    pub fn block(&self) -> Vec<Value> {
+        self.block_devices
+            .get()
+            .iter()
+            .map(|disk| {
+                json!({
+                    "device": disk.name,
+                    "qdev": format!("/machine/peripheral/{}/virtio-backend", disk.name),
+                    "locked": false,
+                    "removable": false,
+                    "type": "unknown",
+                    "inserted": {
+                        "file": disk.file,
+                        "ro": disk.readonly,
+                        "drv": disk.format,
+                        "encrypted": false,
+                        "detect_zeroes": "off",
+                        "image": {
+                            "filename": disk.file,
+                            "format": disk.format,
+                            "virtual-size": disk.size_bytes,
+                        },
+                    },
+                })
+            })
+            .collect()
     }
 
     /// `query-cpus-fast`: one entry per vCPU with its topology position.

@@ -106,7 +106,7 @@ fn query_or_act(command: &str, vm: &VmControl) -> Result<Answer, Failure> {
         "query-name" => json!({ "name": vm.name }),
         "query-uuid" => json!({ "UUID": vm.uuid }),
         "query-cpus-fast" => Value::Array(vm.cpus_fast()),
-        "query-block" => json!([]), // vmpod attaches no block devices yet
+        "query-block" => Value::Array(vm.block()),
         "query-commands" => Value::Array(
             COMMANDS
                 .iter()

@@ -33,6 +33,7 @@ fn session() -> Session {
         },
         status,
         commands: sender,
+        block_devices: Default::default(),
     };
     let client = QmpClient::new(ours, &vm);
     let mut session = Session {
@@ -261,4 +262,33 @@ fn events_reach_only_negotiated_clients_with_a_timestamp() {
     assert!(event["timestamp"]["seconds"]
         .as_u64()
         .is_some_and(|s| s > 0));
+}
+
+#[test]
+fn query_block_lists_the_attached_disks_in_qemus_shape() {
+    let mut session = Session::negotiated();
+    session.send(br#"{"execute":"query-block"}"#);
+    assert_eq!(session.replies(), [json!({"return": []})]);
+    session.vm.block_devices.set(vec![crate::api::BlockDevice {
+        name: "data".into(),
+        file: "/vm/volumes/data/disk.img".into(),
+        format: "raw",
+        readonly: true,
+        size_bytes: 1 << 30,
+    }]);
+    session.send(br#"{"execute":"query-block"}"#);
+    let disks = session.replies()[0]["return"].clone();
+    assert_eq!(disks[0]["device"], "data");
+    assert_eq!(disks[0]["inserted"]["file"], "/vm/volumes/data/disk.img");
+    assert_eq!(disks[0]["inserted"]["ro"], true);
+    assert_eq!(disks[0]["inserted"]["drv"], "raw");
+    assert_eq!(disks[0]["inserted"]["image"]["virtual-size"], 1u64 << 30);
+    session
+        .send(br#"{"execute":"human-monitor-command","arguments":{"command-line":"info block"}}"#);
+    assert_eq!(
+        session.replies(),
+        [
+            json!({"return": "data: /vm/volumes/data/disk.img (raw, read-only, 1073741824 bytes)\r\n"})
+        ]
+    );
 }

@@ -41,6 +41,7 @@ pub enum DiskError {
 #[derive(Debug)]
 pub struct OpenedDisk {
     pub name: String,
+    pub path: PathBuf,
     pub file: File,
     pub size_bytes: u64,
     pub readonly: bool,
@@ -95,6 +96,7 @@ pub fn open(disk: &Disk, scratch: &Path) -> Result<Option<OpenedDisk>, DiskError
     }
     Ok(Some(OpenedDisk {
         name: disk.name.clone(),
+        path,
         file,
         size_bytes,
         readonly: disk.readonly,

@@ -114,6 +114,8 @@ pub struct VmmIo {
     pub stdout_buffer: usize,
     /// Where emptyDisks are created (an emptyDir in a pod).
     pub scratch_dir: std::path::PathBuf,
+    /// Where the VMM lists the disks it attached.
+    pub block_devices: crate::api::SharedBlockDevices,
     /// SIGTERM and SIGINT, already blocked in every thread.
     pub termination_signals: SignalFd,
 }
@@ -157,6 +159,7 @@ pub fn run(kvm: &Kvm, config: &VmConfig, io: VmmIo) -> Result<Outcome, VmmError>
     let virtio_slots = add_virtio_devices(
         config,
         &io.scratch_dir,
+        &io.block_devices,
         &mut platform.devices,
         &guest_memory,
     )?;
@@ -220,10 +223,12 @@ pub fn run(kvm: &Kvm, config: &VmConfig, io: VmmIo) -> Result<Outcome, VmmError>
 fn add_virtio_devices(
     config: &VmConfig,
     scratch: &std::path::Path,
+    block_devices: &crate::api::SharedBlockDevices,
     devices: &mut device_manager::DeviceManager,
     memory: &Arc<GuestMemoryMmap>,
 ) -> Result<Vec<virtio::VirtioSlot>, VmmError> {
     let mut slots = Vec::new();
+    let mut attached = Vec::new();
     for disk in &config.disks {
         let Some(opened) = disks::open(disk, scratch)? else {
             continue;
@@ -234,6 +239,13 @@ fn add_virtio_devices(
             opened.size_bytes,
             if opened.readonly { ", read-only" } else { "" }
         );
+        attached.push(crate::api::BlockDevice {
+            name: opened.name.clone(),
+            file: opened.path.display().to_string(),
+            format: "raw",
+            readonly: opened.readonly,
+            size_bytes: opened.size_bytes,
+        });
         let block = Box::new(crate::devices::virtio::block::Block::new(
             &opened.name,
             opened.file,
@@ -250,6 +262,7 @@ fn add_virtio_devices(
             memory,
         )?);
     }
+    block_devices.set(attached);
     if config.rng {
         let rng = Box::new(crate::devices::virtio::rng::Rng::default());
         slots.push(virtio::add(
