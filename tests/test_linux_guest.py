@@ -83,6 +83,14 @@ def test_data_written_and_flushed_in_the_guest_is_in_the_file_after_vmpod_exits(
     assert result(run, "ro_intact") == "read-only", run["result"]
 
 
+def test_the_cloud_init_seed_mounts_and_holds_the_definitions_user_data(nested):
+    out = nested["poweroff"]["stdout"]
+    # The label sits in the FAT boot sector at 0x2b, where blkid reads it.
+    assert "L2: seed label=cidata user-data: runcmd: [echo from-the-definition]" in out, out
+    assert "local-hostname: linux" in out, out
+    assert "instance-id: " in out, out
+
+
 def test_the_boot_log_is_on_stdout_and_on_vm_serial(nested):
     run = nested["poweroff"]
     for line in ("L2: reached /init", "L2: nproc=2", "L2: waiting for a command"):

@@ -167,9 +167,6 @@ fn warn_about_unbuilt_devices(config: &VmConfig) {
             DiskSource::ContainerDisk { .. } => {
                 missing.push(format!("the containerDisk {}", disk.name))
             }
-            DiskSource::CloudInitNoCloud { .. } => {
-                missing.push(format!("the cloud-init disk {}", disk.name))
-            }
             _ => {}
         }
     }
@@ -184,7 +181,7 @@ fn warn_about_unbuilt_devices(config: &VmConfig) {
     }
     if !missing.is_empty() {
         log::warn!(
-            "this vmpod does not build container disks, cloud-init disks, NICs, input devices or a display yet: the guest will not see {}",
+            "this vmpod does not build container disks, NICs, input devices or a display yet: the guest will not see {}",
             missing.join(", ")
         );
     }

@@ -196,7 +196,7 @@ fn devices_this_vmpod_cannot_build_are_named_not_dropped() {
         1,
         "16Mi",
         "",
-        "  volumes: [{name: seed, cloudInitNoCloud: {userData: \"#cloud-config\"}}]\n",
+        "  volumes: [{name: seed, containerDisk: {image: example/disk, path: /disk/seed.img}}]\n",
     );
     // Give the guest the disk it names.
     let text = std::fs::read_to_string(&definition).expect("read").replace(
@@ -207,7 +207,7 @@ fn devices_this_vmpod_cannot_build_are_named_not_dropped() {
     let run = launch(&definition).finish(WATCHDOG);
     assert!(
         run.stderr.contains(
-            "does not build container disks, cloud-init disks, NICs, input devices or a display yet: the guest will not see the cloud-init disk seed"
+            "does not build container disks, NICs, input devices or a display yet: the guest will not see the containerDisk seed"
         ),
         "{}",
         run.stderr

@@ -32,7 +32,7 @@ cp /bin/busybox "$root/bin/busybox"
 # LNRO0005 entries by virtio_mmio) are modules in this kernel.
 for module in drivers/input/evdev drivers/acpi/button drivers/virtio/virtio_ring \
         drivers/virtio/virtio drivers/virtio/virtio_mmio drivers/char/hw_random/virtio-rng \
-        drivers/block/virtio_blk; do
+        drivers/block/virtio_blk fs/fat/fat fs/fat/vfat fs/nls/nls_cp437 fs/nls/nls_ascii; do
     cp "$out"/kernel/lib/modules/*/kernel/$module.ko "$root/modules/"
 done
 cp "$here/l2-init" "$root/init"

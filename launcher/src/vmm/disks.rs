@@ -1,10 +1,11 @@
 //! The definition's disks as files vmpod can serve: a PVC (a file, a
 //! directory holding `disk.img`, or a block device), a hostDisk (created
 //! sparse with its capacity for DiskOrCreate), an emptyDisk (created
-//! sparse in the scratch directory). Every failure names the disk, the
+//! sparse in the scratch directory), a cloud-init NoCloud seed (built in
+//! the scratch directory, read-only). Every failure names the disk, the
 //! file and what to do. Container disks (which need a copy-on-write
-//! overlay) and cloud-init seed disks are not built yet: `open` returns
-//! `None` for them and `launch` says so.
+//! overlay) are not built yet: `open` returns `None` for them and
+//! `launch` says so.
 //!
 //! VMM thread, before the first boot.
 
@@ -12,7 +13,8 @@ use std::fs::{File, OpenOptions};
 use std::io::{Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 
-use crate::spec::config::{Disk, DiskSource};
+use super::cloud_init;
+use crate::spec::config::{Disk, DiskSource, Identity};
 use crate::spec::quantity::format_bytes;
 
 #[derive(Debug, thiserror::Error)]
@@ -35,6 +37,13 @@ pub enum DiskError {
     },
     #[error("disk {disk}: {} is empty: a disk needs at least one 512-byte sector", path.display())]
     Empty { disk: String, path: PathBuf },
+    #[error("disk {disk}: cannot build the cloud-init seed {}: check that the scratch directory is writable and has room", path.display())]
+    Seed {
+        disk: String,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 /// A disk's backing file, ready for virtio-blk.
@@ -49,8 +58,13 @@ pub struct OpenedDisk {
 }
 
 /// Opens (or creates) the file behind `disk`; `None` for the kinds this
-/// vmpod does not build yet. Emptydisks go into `scratch`.
-pub fn open(disk: &Disk, scratch: &Path) -> Result<Option<OpenedDisk>, DiskError> {
+/// vmpod does not build yet. EmptyDisks and seeds go into `scratch`.
+pub fn open(
+    disk: &Disk,
+    scratch: &Path,
+    identity: &Identity,
+) -> Result<Option<OpenedDisk>, DiskError> {
+    let mut readonly = disk.readonly;
     let path = match &disk.source {
         DiskSource::PersistentVolumeClaim { path, .. } => {
             if path.is_dir() {
@@ -73,17 +87,38 @@ pub fn open(disk: &Disk, scratch: &Path) -> Result<Option<OpenedDisk>, DiskError
             create_sparse(&disk.name, &path, *capacity_bytes, true)?;
             path
         }
-        DiskSource::ContainerDisk { .. } | DiskSource::CloudInitNoCloud { .. } => return Ok(None),
+        DiskSource::CloudInitNoCloud {
+            user_data,
+            network_data,
+        } => {
+            let path = scratch.join(format!("{}.cidata.img", disk.name));
+            let seed = cloud_init::Seed {
+                instance_id: &identity.uuid.to_string(),
+                hostname: &identity.hostname,
+                user_data,
+                network_data: network_data.as_deref(),
+            };
+            std::fs::create_dir_all(scratch)
+                .and_then(|()| cloud_init::build(&path, &seed))
+                .map_err(|source| DiskError::Seed {
+                    disk: disk.name.clone(),
+                    path: path.clone(),
+                    source,
+                })?;
+            readonly = true; // as KubeVirt attaches it
+            path
+        }
+        DiskSource::ContainerDisk { .. } => return Ok(None),
     };
     let open_error = |source| DiskError::Open {
         disk: disk.name.clone(),
         path: path.clone(),
-        writable: !disk.readonly,
+        writable: !readonly,
         source,
     };
     let mut file = OpenOptions::new()
         .read(true)
-        .write(!disk.readonly)
+        .write(!readonly)
         .open(&path)
         .map_err(open_error)?;
     // Block devices report no length in their metadata; seeking finds it.
@@ -99,7 +134,7 @@ pub fn open(disk: &Disk, scratch: &Path) -> Result<Option<OpenedDisk>, DiskError
         path,
         file,
         size_bytes,
-        readonly: disk.readonly,
+        readonly,
         serial: disk.serial.clone(),
     }))
 }
@@ -140,6 +175,22 @@ mod tests {
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).expect("scratch");
         dir
+    }
+
+    fn identity() -> Identity {
+        Identity {
+            name: "web".into(),
+            namespace: "default".into(),
+            uuid: uuid::Uuid::nil(),
+            uuid_source: crate::spec::config::UuidSource::Derived,
+            firmware_serial: None,
+            hostname: "web-host".into(),
+            labels: Default::default(),
+        }
+    }
+
+    fn open(disk: &Disk, scratch: &Path) -> Result<Option<OpenedDisk>, DiskError> {
+        super::open(disk, scratch, &identity())
     }
 
     fn disk(name: &str, source: DiskSource, readonly: bool) -> Disk {

@@ -10,6 +10,7 @@
 
 pub mod acpi;
 pub mod boot;
+pub mod cloud_init;
 pub mod console;
 pub mod cpu;
 pub mod device_manager;
@@ -230,7 +231,7 @@ fn add_virtio_devices(
     let mut slots = Vec::new();
     let mut attached = Vec::new();
     for disk in &config.disks {
-        let Some(opened) = disks::open(disk, scratch)? else {
+        let Some(opened) = disks::open(disk, scratch, &config.identity)? else {
             continue;
         };
         log::info!(
