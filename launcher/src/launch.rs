@@ -163,11 +163,8 @@ fn warn_about_unbuilt_devices(config: &VmConfig) {
     use crate::spec::config::DiskSource;
     let mut missing = Vec::new();
     for disk in &config.disks {
-        match disk.source {
-            DiskSource::ContainerDisk { .. } => {
-                missing.push(format!("the containerDisk {}", disk.name))
-            }
-            _ => {}
+        if let DiskSource::ContainerDisk { .. } = disk.source {
+            missing.push(format!("the containerDisk {}", disk.name));
         }
     }
     if !config.nics.is_empty() {
