@@ -14,10 +14,12 @@
 pub mod block;
 pub mod mmio;
 pub mod rng;
+#[cfg(test)]
+pub mod test_support;
 
 use std::sync::Arc;
 
-use virtio_queue::Queue;
+use virtio_queue::{Queue, QueueT};
 use vm_memory::GuestMemoryMmap;
 
 /// The guest is hostile: a request it malformed fails, and is logged at
@@ -97,4 +99,38 @@ pub trait VirtioDevice: Send {
     fn queue_notified(&mut self, index: u16);
     /// The driver reset the device: drop the queues, keep the backend.
     fn reset(&mut self);
+}
+
+/// What a device with one request queue holds once activated: the queue,
+/// guest memory and its interrupt.
+pub struct SingleQueue {
+    pub queue: Queue,
+    pub memory: Arc<GuestMemoryMmap>,
+    interrupt: Arc<dyn VirtioInterrupt>,
+}
+
+impl SingleQueue {
+    /// Takes queue 0 from the activation.
+    pub fn take(activation: Activation) -> Result<Self, ActivateError> {
+        let given = activation.queues.len();
+        let Some(queue) = activation.queues.into_iter().find(|q| q.index == 0) else {
+            return Err(ActivateError::Queues { given, needed: 1 });
+        };
+        Ok(SingleQueue {
+            queue: queue.queue,
+            memory: activation.memory,
+            interrupt: activation.interrupt,
+        })
+    }
+
+    /// After serving requests: interrupts the driver unless it asked not
+    /// to be (`served`: whether any request was answered).
+    pub fn interrupt_if_needed(&mut self, served: bool, device: &str) {
+        let wanted = self.queue.needs_notification(&*self.memory).unwrap_or(true);
+        if served && wanted {
+            if let Err(error) = self.interrupt.trigger(InterruptCause::Queue(0)) {
+                log::warn!("{device}: cannot interrupt the guest: {error}");
+            }
+        }
+    }
 }

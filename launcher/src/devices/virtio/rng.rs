@@ -4,27 +4,18 @@
 //! Activated on a vCPU thread; requests are served on the VMM thread when
 //! the queue's notifier fires. Through the transport's mutex.
 
-use std::sync::Arc;
+use virtio_queue::QueueT;
+use vm_memory::Bytes;
 
-use virtio_queue::{Queue, QueueT};
-use vm_memory::{Bytes, GuestMemoryMmap};
-
-use super::{device_type, log_bad_request, ActivateError, Activation, InterruptCause};
-use super::{VirtioDevice, VirtioInterrupt};
+use super::{device_type, log_bad_request, ActivateError, Activation, SingleQueue, VirtioDevice};
 
 const QUEUE_SIZES: &[u16] = &[256];
 /// The most entropy one request gets; a driver asks again for more.
 const MAX_REQUEST: usize = 64 * 1024;
 
-struct Active {
-    queue: Queue,
-    memory: Arc<GuestMemoryMmap>,
-    interrupt: Arc<dyn VirtioInterrupt>,
-}
-
 #[derive(Default)]
 pub struct Rng {
-    active: Option<Active>,
+    active: Option<SingleQueue>,
     bad_requests: u64,
 }
 
@@ -53,7 +44,8 @@ impl Rng {
         let Some(active) = self.active.as_mut() else {
             return;
         };
-        let memory = &*active.memory;
+        let memory = active.memory.clone();
+        let memory = &*memory;
         let mut served = false;
         while let Some(chain) = active.queue.pop_descriptor_chain(memory) {
             let head = chain.head_index();
@@ -88,12 +80,7 @@ impl Rng {
             }
             served = true;
         }
-        let wants_interrupt = active.queue.needs_notification(memory).unwrap_or(true);
-        if served && wants_interrupt {
-            if let Err(error) = active.interrupt.trigger(InterruptCause::Queue(0)) {
-                log::warn!("virtio-rng: cannot interrupt the guest: {error}");
-            }
-        }
+        active.interrupt_if_needed(served, "virtio-rng");
     }
 }
 
@@ -117,15 +104,7 @@ impl VirtioDevice for Rng {
     fn write_config(&mut self, _offset: u64, _data: &[u8]) {}
 
     fn activate(&mut self, activation: Activation) -> Result<(), ActivateError> {
-        let given = activation.queues.len();
-        let Some(queue) = activation.queues.into_iter().find(|q| q.index == 0) else {
-            return Err(ActivateError::Queues { given, needed: 1 });
-        };
-        self.active = Some(Active {
-            queue: queue.queue,
-            memory: activation.memory,
-            interrupt: activation.interrupt,
-        });
+        self.active = Some(SingleQueue::take(activation)?);
         // Requests made before the notifier was wired are served now.
         self.serve();
         Ok(())
@@ -145,29 +124,12 @@ impl VirtioDevice for Rng {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::atomic::{AtomicU32, Ordering};
+    use crate::devices::virtio::test_support::{memory, Counted, WRITE};
+    use std::sync::Arc;
     use virtio_queue::desc::{split::Descriptor as SplitDescriptor, RawDescriptor};
     use virtio_queue::mock::MockSplitQueue;
+    use virtio_queue::Queue;
     use vm_memory::{GuestAddress, GuestMemoryMmap};
-
-    /// VRING_DESC_F_WRITE (virtio 1.2, section 2.7.5).
-    const WRITE: u16 = 2;
-
-    #[derive(Default)]
-    struct Counted(AtomicU32);
-
-    impl VirtioInterrupt for Counted {
-        fn trigger(&self, _: InterruptCause) -> std::io::Result<()> {
-            self.0.fetch_add(1, Ordering::SeqCst);
-            Ok(())
-        }
-    }
-
-    fn memory() -> Arc<GuestMemoryMmap> {
-        Arc::new(
-            GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x10_0000)]).expect("guest memory"),
-        )
-    }
 
     fn descriptor(addr: u64, len: u32, flags: u16) -> RawDescriptor {
         RawDescriptor::from(SplitDescriptor::new(addr, len, flags, 0))
@@ -190,7 +152,7 @@ mod tests {
         })
         .expect("activates");
         let used = mock.used().ring().ref_at(0).expect("used entry").load();
-        (used.len(), interrupt.0.load(Ordering::SeqCst), memory)
+        (used.len(), interrupt.count(), memory)
     }
 
     #[test]

@@ -10,13 +10,10 @@
 pub mod request;
 
 use std::fs::File;
-use std::sync::Arc;
 
-use virtio_queue::{Queue, QueueT};
-use vm_memory::GuestMemoryMmap;
+use virtio_queue::QueueT;
 
-use super::{device_type, log_bad_request, ActivateError, Activation, InterruptCause};
-use super::{VirtioDevice, VirtioInterrupt};
+use super::{device_type, log_bad_request, ActivateError, Activation, SingleQueue, VirtioDevice};
 use request::{Disk, ID_BYTES, SECTOR};
 
 /// Feature bits (virtio 1.2, section 5.2.3).
@@ -26,19 +23,13 @@ const F_FLUSH: u64 = 1 << 9;
 
 const QUEUE_SIZES: &[u16] = &[256];
 
-struct Active {
-    queue: Queue,
-    memory: Arc<GuestMemoryMmap>,
-    interrupt: Arc<dyn VirtioInterrupt>,
-}
-
 pub struct Block {
     name: String,
     file: File,
     capacity_bytes: u64,
     readonly: bool,
     id: [u8; ID_BYTES],
-    active: Option<Active>,
+    active: Option<SingleQueue>,
     bad_requests: u64,
     io_errors: u64,
 }
@@ -83,7 +74,8 @@ impl Block {
         let Some(active) = self.active.as_mut() else {
             return;
         };
-        let memory = &*active.memory;
+        let memory = active.memory.clone();
+        let memory = &*memory;
         let disk = Disk {
             file: &self.file,
             capacity_bytes: self.capacity_bytes,
@@ -116,12 +108,7 @@ impl Block {
             }
             served = true;
         }
-        let wants_interrupt = active.queue.needs_notification(memory).unwrap_or(true);
-        if served && wants_interrupt {
-            if let Err(error) = active.interrupt.trigger(InterruptCause::Queue(0)) {
-                log::warn!("disk {}: cannot interrupt the guest: {error}", self.name);
-            }
-        }
+        active.interrupt_if_needed(served, &format!("disk {}", self.name));
     }
 }
 
@@ -156,15 +143,7 @@ impl VirtioDevice for Block {
     fn write_config(&mut self, _offset: u64, _data: &[u8]) {} // writeback toggling is not offered
 
     fn activate(&mut self, activation: Activation) -> Result<(), ActivateError> {
-        let given = activation.queues.len();
-        let Some(queue) = activation.queues.into_iter().find(|q| q.index == 0) else {
-            return Err(ActivateError::Queues { given, needed: 1 });
-        };
-        self.active = Some(Active {
-            queue: queue.queue,
-            memory: activation.memory,
-            interrupt: activation.interrupt,
-        });
+        self.active = Some(SingleQueue::take(activation)?);
         self.serve();
         Ok(())
     }

@@ -1,32 +1,21 @@
 //! virtio-blk requests on virtio-queue's mock queues, against a real file.
 
 use std::io::{Read, Seek, Write};
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
 
 use virtio_queue::desc::{split::Descriptor as SplitDescriptor, RawDescriptor};
 use virtio_queue::mock::MockSplitQueue;
-use vm_memory::{Bytes, GuestAddress};
+use virtio_queue::Queue;
+use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
 use super::request::{IOERR, OK, UNSUPP};
 use super::*;
+use crate::devices::virtio::test_support::{memory, Counted, WRITE};
 use crate::devices::virtio::ActiveQueue;
-
-/// VRING_DESC_F_WRITE (virtio 1.2, section 2.7.5).
-const WRITE: u16 = 2;
 const HEADER: u64 = 0x8000;
 const DATA: u64 = 0x9000;
 const STATUS: u64 = 0xa000;
 const SECTORS: u64 = 8;
-
-#[derive(Default)]
-struct Counted(AtomicU32);
-
-impl VirtioInterrupt for Counted {
-    fn trigger(&self, _: InterruptCause) -> std::io::Result<()> {
-        self.0.fetch_add(1, Ordering::SeqCst);
-        Ok(())
-    }
-}
 
 fn descriptor(addr: u64, len: u32, flags: u16) -> RawDescriptor {
     RawDescriptor::from(SplitDescriptor::new(addr, len, flags, 0))
@@ -74,8 +63,7 @@ fn request(
     guest_data: &[u8],
     readonly: bool,
 ) -> Served {
-    let memory =
-        Arc::new(GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x10_0000)]).expect("memory"));
+    let memory = memory();
     let mut header = [0u8; 16];
     header[..4].copy_from_slice(&kind.to_le_bytes());
     header[8..].copy_from_slice(&sector.to_le_bytes());
@@ -108,7 +96,7 @@ fn request(
             interrupt: interrupt.clone(),
         })
         .expect("activates");
-    assert_eq!(interrupt.0.load(Ordering::SeqCst), 1, "the guest is told");
+    assert_eq!(interrupt.count(), 1, "the guest is told");
     let used = mock.used().ring().ref_at(0).expect("used").load().len();
     let status = memory.read_obj::<u8>(GuestAddress(STATUS)).expect("status");
     Served {
