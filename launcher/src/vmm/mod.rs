@@ -139,7 +139,7 @@ struct Vmm<'a> {
     guest_memory: Arc<GuestMemoryMmap>,
     platform: Platform,
     /// Virtio transports, reset with the guest.
-    virtio: Vec<Arc<std::sync::Mutex<crate::devices::virtio::mmio::MmioTransport>>>,
+    virtio: Transports,
     events: EventLoop,
     commands: CommandReceiver,
     command_sender: CommandSender,
@@ -164,39 +164,16 @@ pub fn run(kvm: &Kvm, config: &VmConfig, io: VmmIo) -> Result<Outcome, VmmError>
         &mut platform.devices,
         &guest_memory,
     )?;
-    let mut events = EventLoop::new().map_err(io_error("create the VMM event loop"))?;
-    events
-        .watch(io.commands.as_raw_fd(), COMMANDS)
-        .map_err(io_error("watch the command channel"))?;
-    let wants_input = platform
-        .serial_wants_input
-        .try_clone()
-        .map_err(io_error("watch the serial port"))?;
-    let console = console::Console::new(
-        platform.serial.clone(),
-        wants_input,
+    let (events, virtio) = event_loop_for(
+        &platform,
         output,
+        virtio_slots,
+        &io.commands,
         io.typed_input,
         io.stdin_input,
-    );
-    events
-        .add_handler(Box::new(console))
-        .map_err(io_error("watch the console's input and output"))?;
-    let termination = termination::Termination::new(
         io.termination_signals,
         config.termination_grace_period_seconds,
-    )
-    .map_err(io_error("create the power-off deadline timer"))?;
-    events
-        .add_handler(Box::new(termination))
-        .map_err(io_error("watch SIGTERM and SIGINT"))?;
-    let mut virtio = Vec::new();
-    for slot in virtio_slots {
-        virtio.push(slot.transport);
-        events
-            .add_handler(Box::new(slot.notifiers))
-            .map_err(io_error("watch a virtio device's queues"))?;
-    }
+    )?;
     let _terminal = io.stdin_input.then(console::TerminalMode::character_mode);
     let mut vmm = Vmm {
         kvm,
@@ -217,6 +194,56 @@ pub fn run(kvm: &Kvm, config: &VmConfig, io: VmmIo) -> Result<Outcome, VmmError>
         vmm.finish(Outcome::Poweroff);
     }
     outcome
+}
+
+type Transports = Vec<Arc<std::sync::Mutex<crate::devices::virtio::mmio::MmioTransport>>>;
+
+/// The VMM thread's event loop with everything it waits on: the command
+/// channel, the console, the termination signals and every virtio
+/// device's queue notifiers. Returns the virtio transports too (they are
+/// reset with the guest).
+#[allow(clippy::too_many_arguments)] // each is one source the loop watches
+fn event_loop_for(
+    platform: &Platform,
+    output: Arc<console::StdoutBuffer>,
+    virtio_slots: Vec<virtio::VirtioSlot>,
+    commands: &CommandReceiver,
+    typed_input: Option<UnixStream>,
+    stdin_input: bool,
+    termination_signals: SignalFd,
+    grace_seconds: u64,
+) -> Result<(EventLoop, Transports), VmmError> {
+    let mut events = EventLoop::new().map_err(io_error("create the VMM event loop"))?;
+    events
+        .watch(commands.as_raw_fd(), COMMANDS)
+        .map_err(io_error("watch the command channel"))?;
+    let wants_input = platform
+        .serial_wants_input
+        .try_clone()
+        .map_err(io_error("watch the serial port"))?;
+    let console = console::Console::new(
+        platform.serial.clone(),
+        wants_input,
+        output,
+        typed_input,
+        stdin_input,
+    );
+    events
+        .add_handler(Box::new(console))
+        .map_err(io_error("watch the console's input and output"))?;
+    let termination = termination::Termination::new(termination_signals, grace_seconds)
+        .map_err(io_error("create the power-off deadline timer"))?;
+    events
+        .add_handler(Box::new(termination))
+        .map_err(io_error("watch SIGTERM and SIGINT"))?;
+    let mut transports = Vec::new();
+    for slot in virtio_slots {
+        transports.push(slot.transport);
+        events
+            .add_handler(Box::new(slot.notifiers))
+            .map_err(io_error("watch a virtio device's queues"))?;
+    }
+    Ok((events, transports))
 }
 
 /// The virtio devices the definition asks for, in DSDT order: the disks
