@@ -136,8 +136,8 @@ impl MmioTransport {
     }
 
     fn selected_queue(&mut self) -> Option<&mut Queue> {
-        // Queues cannot change once the driver said FEATURES_OK... until
-        // DRIVER_OK; after that, writes are ignored (section 4.2.3.2).
+        // A queue is set up before DRIVER_OK; once the device is live,
+        // writes to the queue registers are ignored (section 4.2.3.2).
         if self.status & status::DRIVER_OK != 0 {
             return None;
         }

@@ -32,8 +32,10 @@ enum Sink {
     Reopened(File),
     /// A socket: sends that do not wait.
     Socket,
-    /// A regular file (or a stdout vmpod could not reopen): plain writes.
-    Plain,
+    /// A regular file (or a stdout vmpod could not reopen): plain,
+    /// unbuffered writes to this descriptor (fd 1), so a prompt without a
+    /// newline is in the file at once.
+    Plain(RawFd),
 }
 
 impl Sink {
@@ -42,7 +44,7 @@ impl Sink {
         let mut status: libc::stat = unsafe { std::mem::zeroed() };
         // SAFETY: fstat only writes into `status`, which lives for the call.
         if unsafe { libc::fstat(STDOUT, &mut status) } != 0 {
-            return Sink::Plain;
+            return Sink::Plain(STDOUT);
         }
         match status.st_mode & libc::S_IFMT {
             libc::S_IFSOCK => Sink::Socket,
@@ -55,11 +57,11 @@ impl Sink {
                     Ok(file) => Sink::Reopened(file),
                     Err(error) => {
                         log::warn!("cannot reopen stdout without blocking ({error}): if nobody reads it, the guest's console output will wait for it");
-                        Sink::Plain
+                        Sink::Plain(STDOUT)
                     }
                 }
             }
-            _ => Sink::Plain,
+            _ => Sink::Plain(STDOUT),
         }
     }
 
@@ -83,7 +85,15 @@ impl Sink {
                     Ok(sent as usize)
                 }
             }
-            Sink::Plain => std::io::stdout().lock().write(bytes),
+            Sink::Plain(fd) => {
+                // SAFETY: writes from `bytes`, which lives for the call.
+                let written = unsafe { libc::write(*fd, bytes.as_ptr().cast(), bytes.len()) };
+                if written < 0 {
+                    Err(std::io::Error::last_os_error())
+                } else {
+                    Ok(written as usize)
+                }
+            }
         }
     }
 
@@ -92,7 +102,7 @@ impl Sink {
         match self {
             Sink::Reopened(file) => Some(file.as_raw_fd()),
             Sink::Socket => Some(STDOUT),
-            Sink::Plain => None,
+            Sink::Plain(_) => None,
         }
     }
 }
@@ -315,6 +325,24 @@ mod tests {
             "then what waited, in order"
         );
         assert_eq!(buffer.waiting().dropped, 0, "reported and reset");
+    }
+
+    #[test]
+    fn a_file_gets_output_at_once_even_without_a_newline() {
+        let path = std::env::temp_dir().join(format!("vmpod-stdout-{}", std::process::id()));
+        let file = File::create(&path).expect("file");
+        let buffer = StdoutBuffer {
+            sink: Sink::Plain(file.as_raw_fd()),
+            closed: AtomicBool::new(false),
+            waiting: Mutex::new(Waiting::default()),
+            limit: 100,
+            wake: EventFd::new(libc::EFD_NONBLOCK).expect("eventfd"),
+            wake_pending: AtomicBool::new(false),
+        };
+        buffer.push(b"login: ");
+        assert_eq!(std::fs::read(&path).expect("read"), b"login: ");
+        drop(file);
+        std::fs::remove_file(&path).ok();
     }
 
     #[test]
