@@ -325,7 +325,6 @@ impl Vmm<'_> {
     fn run_boots(&mut self) -> Result<Outcome, VmmError> {
         for boot_number in 1u64.. {
             let (vm, threads) = self.start(boot_number == 1)?;
-            self.status.set(Status::Running);
             let ending = self.serve_boot(&threads);
             threads.stop();
             drop(vm);
@@ -470,6 +469,9 @@ impl Vmm<'_> {
             mmio,
             self.command_sender.clone(),
         ));
+        // Running before the first instruction: a client that saw the guest's
+        // output must never be told the VM has not started.
+        self.status.set(Status::Running);
         let threads = vcpu::spawn(vcpus, shared).map_err(io_error("start the vCPU threads"))?;
         Ok((vm, threads))
     }
