@@ -83,6 +83,31 @@ def test_data_written_and_flushed_in_the_guest_is_in_the_file_after_vmpod_exits(
     assert result(run, "ro_intact") == "read-only", run["result"]
 
 
+def test_the_data_disk_takes_discards(nested):
+    out = nested["poweroff"]["stdout"]
+    assert "serial=vmpod-data sectors=131072 ro=0 discard_max=1073741824" in out, out
+    assert "discarded 1 MiB" in out, out
+
+
+def test_a_qcow2_layer_reads_through_to_its_raw_backing_file(nested):
+    # Made by qemu-img: "base image" and "base tail" from base.raw, 'a's
+    # written into the layer at 1 MiB.
+    out = nested["poweroff"]["stdout"]
+    assert "serial=vmpod-layer sectors=16384 ro=1" in out, out
+    assert "layer: base image / aaaa / base tail" in out, out
+
+
+def test_a_container_disk_takes_writes_and_its_image_stays_unchanged(nested):
+    run = nested["poweroff"]
+    out = run["stdout"]
+    assert "serial=vmpod-container sectors=16384 ro=0" in out, out
+    assert "container: container image / container tail" in out, out
+    assert "container now: guest wrote this / container tail" in out, out
+    assert result(run, "container_intact") == "yes", run["result"]
+    # The overlay is a fresh one on every start: writes vanish with the pod.
+    assert "guest writes go to /vm/scratch/root.overlay.qcow2" in run["stderr"], run["stderr"]
+
+
 def test_the_cloud_init_seed_mounts_and_holds_the_definitions_user_data(nested):
     out = nested["poweroff"]["stdout"]
     # The label sits in the FAT boot sector at 0x2b, where blkid reads it.

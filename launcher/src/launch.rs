@@ -160,13 +160,7 @@ pub fn run(config: &VmConfig, options: &LaunchOptions) -> Result<Outcome, Launch
 /// Says which parts of the definition this vmpod cannot give the guest yet
 /// (rather than dropping them silently).
 fn warn_about_unbuilt_devices(config: &VmConfig) {
-    use crate::spec::config::DiskSource;
     let mut missing = Vec::new();
-    for disk in &config.disks {
-        if let DiskSource::ContainerDisk { .. } = disk.source {
-            missing.push(format!("the containerDisk {}", disk.name));
-        }
-    }
     if !config.nics.is_empty() {
         missing.push(format!("{} NIC(s)", config.nics.len()));
     }
@@ -178,7 +172,7 @@ fn warn_about_unbuilt_devices(config: &VmConfig) {
     }
     if !missing.is_empty() {
         log::warn!(
-            "this vmpod does not build container disks, NICs, input devices or a display yet: the guest will not see {}",
+            "this vmpod does not build NICs, input devices or a display yet: the guest will not see {}",
             missing.join(", ")
         );
     }

@@ -11,6 +11,7 @@ pub mod api;
 pub mod control;
 pub mod devices;
 pub mod helpers;
+pub mod images;
 pub mod launch;
 pub mod logging;
 pub mod signals;

@@ -190,24 +190,16 @@ fn a_missing_initrd_is_named() {
 #[cfg_attr(not(vmpod_kvm), ignore = "needs a usable /dev/kvm")]
 fn devices_this_vmpod_cannot_build_are_named_not_dropped() {
     let scratch = Scratch::new("unbuilt-devices");
-    let definition = scratch.definition_with(
-        "unbuilt",
-        &guest("hello.elf"),
-        1,
-        "16Mi",
-        "",
-        "  volumes: [{name: seed, containerDisk: {image: example/disk, path: /disk/seed.img}}]\n",
-    );
-    // Give the guest the disk it names.
+    let definition = scratch.definition_with("unbuilt", &guest("hello.elf"), 1, "16Mi", "", "");
     let text = std::fs::read_to_string(&definition).expect("read").replace(
         "devices: {autoattachPodInterface: false,",
-        "devices: {disks: [{name: seed}], autoattachPodInterface: false,",
+        "devices: {inputs: [{name: tablet, type: tablet, bus: virtio}], autoattachPodInterface: false,",
     );
     std::fs::write(&definition, text).expect("write");
     let run = launch(&definition).finish(WATCHDOG);
     assert!(
         run.stderr.contains(
-            "does not build container disks, NICs, input devices or a display yet: the guest will not see the containerDisk seed"
+            "does not build NICs, input devices or a display yet: the guest will not see input devices"
         ),
         "{}",
         run.stderr
@@ -240,7 +232,7 @@ fn a_missing_disk_file_is_named_with_its_disk() {
     assert_eq!(run.code, Some(1), "{}", run.stderr);
     assert!(
         run.stderr.contains(&format!(
-            "vmpod: error: disk data: cannot open {}: check that the volume is mounted there and readable and writable",
+            "vmpod: error: disk data: cannot open {}: No such file or directory (os error 2); check that the volume is mounted there and readable and writable",
             image.display()
         )),
         "{}",

@@ -5,7 +5,11 @@
 #   OUT/l2.cpio.gz       the L2 initramfs: busybox and an /init that
 #                        reports and then obeys "poweroff"/"reboot" typed
 #                        on its serial console
-# Needs: apt-get (to download the kernel package), dpkg-deb, busybox-static, cpio.
+#   OUT/images/          disk images made by QEMU's qemu-img for L2: a qcow2
+#                        layer over a raw base, and a compressed qcow2
+#                        container disk (with its sha256)
+# Needs: apt-get (to download the kernel package), dpkg-deb, busybox-static,
+# cpio, qemu-utils.
 set -eu
 here="$(cd "$(dirname "$0")" && pwd)"
 out="${1:?usage: prepare.sh OUTDIR}"
@@ -35,6 +39,25 @@ for module in drivers/input/evdev drivers/acpi/button drivers/virtio/virtio_ring
         drivers/block/virtio_blk fs/fat/fat fs/fat/vfat fs/nls/nls_cp437 fs/nls/nls_ascii; do
     cp "$out"/kernel/lib/modules/*/kernel/$module.ko "$root/modules/"
 done
+# Images: base.raw says "base image" at 0 and "base tail" at 4 MiB; the
+# qcow2 layer over it holds 512 bytes of 'a' at 1 MiB; the container disk
+# says "container image" at 0 and "container tail" at 4 MiB.
+images="$out/images"
+rm -rf "$images"
+mkdir -p "$images"
+marked_image() { # FILE FIRST-TEXT TAIL-TEXT: an 8 MiB raw image
+    head -c 8388608 /dev/zero > "$1"
+    printf '%s' "$2" | dd of="$1" conv=notrunc 2>/dev/null
+    printf '%s' "$3" | dd of="$1" bs=1048576 seek=4 conv=notrunc 2>/dev/null
+}
+marked_image "$images/base.raw" "base image" "base tail"
+qemu-img create -q -f qcow2 -b base.raw -F raw "$images/layer.qcow2"
+qemu-io -c "write -P 0x61 1M 512" "$images/layer.qcow2" >/dev/null
+marked_image "$images/container.raw" "container image" "container tail"
+qemu-img convert -q -c -O qcow2 "$images/container.raw" "$images/container.qcow2"
+rm "$images/container.raw"
+sha256sum "$images/container.qcow2" | cut -d' ' -f1 > "$images/container.sha256"
+
 cp "$here/l2-init" "$root/init"
 chmod +x "$root/init"
 (cd "$root" && find . | cpio -o -H newc --quiet | gzip -1) > "$out/l2.cpio.gz"

@@ -39,6 +39,10 @@ if grep -q " qemu " "$root/scenarios"; then
     copy_with_libraries /usr/bin/qemu-system-x86_64 usr/bin/qemu-system-x86_64
     cp /usr/share/qemu/bios-microvm.bin /usr/share/qemu/linuxboot_dma.bin /usr/share/qemu/kvmvapic.bin "$root/qemu/"
 fi
+# The qcow2 images; the container disk where a containerDisk is by default.
+mkdir -p "$root/images" "$root/disk"
+cp "$prepared/images/base.raw" "$prepared/images/layer.qcow2" "$prepared/images/container.sha256" "$root/images/"
+cp "$prepared/images/container.qcow2" "$root/disk/"
 cp "$prepared/vmlinuz" "$root/l2-vmlinuz"
 cp "$prepared/l2.cpio.gz" "$root/l2.cpio.gz"
 (cd "$root" && find . | cpio -o -H newc --quiet | gzip -1) > "$prepared/l1.cpio.gz"

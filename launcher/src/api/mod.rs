@@ -92,7 +92,9 @@ pub struct BlockDevice {
     pub name: String,
     /// The file or device behind it.
     pub file: String,
-    /// The image format ("raw").
+    /// The read-only image under the file's copy-on-write overlay.
+    pub backing_file: Option<String>,
+    /// The image format ("raw", "qcow2").
     pub format: &'static str,
     pub readonly: bool,
     pub size_bytes: u64,

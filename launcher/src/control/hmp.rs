@@ -99,12 +99,16 @@ fn info(what: &str, vm: &VmControl) -> String {
             .iter()
             .map(|disk| {
                 format!(
-                    "{}: {} ({}{}, {} bytes)\n",
+                    "{}: {} ({}{}, {} bytes){}\n",
                     disk.name,
                     disk.file,
                     disk.format,
                     if disk.readonly { ", read-only" } else { "" },
-                    disk.size_bytes
+                    disk.size_bytes,
+                    disk.backing_file
+                        .as_ref()
+                        .map(|base| format!("\n    Backing file: {base}"))
+                        .unwrap_or_default()
                 )
             })
             .collect(),

@@ -98,24 +98,31 @@ impl VmControl {
             .get()
             .iter()
             .map(|disk| {
+                let mut image = json!({
+                    "filename": disk.file,
+                    "format": disk.format,
+                    "virtual-size": disk.size_bytes,
+                });
+                let mut inserted = json!({
+                    "file": disk.file,
+                    "ro": disk.readonly,
+                    "drv": disk.format,
+                    "encrypted": false,
+                    "detect_zeroes": "off",
+                });
+                if let Some(backing) = &disk.backing_file {
+                    image["backing-filename"] = json!(backing);
+                    inserted["backing_file"] = json!(backing);
+                    inserted["backing_file_depth"] = json!(1);
+                }
+                inserted["image"] = image;
                 json!({
                     "device": disk.name,
                     "qdev": format!("/machine/peripheral/{}/virtio-backend", disk.name),
                     "locked": false,
                     "removable": false,
                     "type": "unknown",
-                    "inserted": {
-                        "file": disk.file,
-                        "ro": disk.readonly,
-                        "drv": disk.format,
-                        "encrypted": false,
-                        "detect_zeroes": "off",
-                        "image": {
-                            "filename": disk.file,
-                            "format": disk.format,
-                            "virtual-size": disk.size_bytes,
-                        },
-                    },
+                    "inserted": inserted,
                 })
             })
             .collect()

@@ -272,6 +272,7 @@ fn query_block_lists_the_attached_disks_in_qemus_shape() {
     session.vm.block_devices.set(vec![crate::api::BlockDevice {
         name: "data".into(),
         file: "/vm/volumes/data/disk.img".into(),
+        backing_file: None,
         format: "raw",
         readonly: true,
         size_bytes: 1 << 30,

@@ -1,31 +1,30 @@
-//! The definition's disks as files vmpod can serve: a PVC (a file, a
+//! The definition's disks as images vmpod can serve: a PVC (a file, a
 //! directory holding `disk.img`, or a block device), a hostDisk (created
 //! sparse with its capacity for DiskOrCreate), an emptyDisk (created
-//! sparse in the scratch directory), a cloud-init NoCloud seed (built in
-//! the scratch directory, read-only). Every failure names the disk, the
-//! file and what to do. Container disks (which need a copy-on-write
-//! overlay) are not built yet: `open` returns `None` for them and
-//! `launch` says so.
+//! sparse in the scratch directory), a containerDisk (its image read-only
+//! under a fresh copy-on-write overlay in the scratch directory, so guest
+//! writes vanish with the pod, as in KubeVirt), a cloud-init NoCloud seed
+//! (built in the scratch directory, read-only). Every failure names the
+//! disk, the file and what to do.
 //!
 //! VMM thread, before the first boot.
 
-use std::fs::{File, OpenOptions};
-use std::io::{Seek, SeekFrom};
+use std::fs::OpenOptions;
 use std::path::{Path, PathBuf};
 
 use super::cloud_init;
+use crate::images::{self, DiskImage, ImageError};
 use crate::spec::config::{Disk, DiskSource, Identity};
 use crate::spec::quantity::format_bytes;
 
 #[derive(Debug, thiserror::Error)]
 pub enum DiskError {
-    #[error("disk {disk}: cannot open {}: check that the volume is mounted there and readable{}", path.display(), if *writable { " and writable (or mark the disk readonly)" } else { "" })]
-    Open {
+    #[error("disk {disk}: {source}; check that the volume is mounted there and readable{}", if *writable { " and writable (or mark the disk readonly)" } else { "" })]
+    Image {
         disk: String,
-        path: PathBuf,
         writable: bool,
         #[source]
-        source: std::io::Error,
+        source: ImageError,
     },
     #[error("disk {disk}: cannot create {} with {}: check that its directory exists and is writable and has room", path.display(), format_bytes(*capacity))]
     Create {
@@ -44,35 +43,46 @@ pub enum DiskError {
         #[source]
         source: std::io::Error,
     },
+    #[error("disk {disk}: the containerDisk directory {} {problem}; set containerDisk.path to the image file", path.display())]
+    ContainerDisk {
+        disk: String,
+        path: PathBuf,
+        problem: String,
+    },
 }
 
-/// A disk's backing file, ready for virtio-blk.
+/// A disk's image, ready for virtio-blk.
 #[derive(Debug)]
 pub struct OpenedDisk {
     pub name: String,
+    /// The file the guest's writes go to (or the only file, read-only).
     pub path: PathBuf,
-    pub file: File,
-    pub size_bytes: u64,
+    /// The read-only image under an overlay, for a containerDisk.
+    pub base: Option<PathBuf>,
+    pub image: Box<dyn DiskImage>,
     pub readonly: bool,
     pub serial: Option<String>,
 }
 
-/// Opens (or creates) the file behind `disk`; `None` for the kinds this
-/// vmpod does not build yet. EmptyDisks and seeds go into `scratch`.
-pub fn open(
-    disk: &Disk,
-    scratch: &Path,
-    identity: &Identity,
-) -> Result<Option<OpenedDisk>, DiskError> {
-    let mut readonly = disk.readonly;
-    let path = match &disk.source {
-        DiskSource::PersistentVolumeClaim { path, .. } => {
-            if path.is_dir() {
-                path.join("disk.img")
-            } else {
-                path.clone()
-            }
+/// Opens (or creates) the image behind `disk`. EmptyDisks, seeds and
+/// overlays go into `scratch`.
+pub fn open(disk: &Disk, scratch: &Path, identity: &Identity) -> Result<OpenedDisk, DiskError> {
+    let image_error = |writable: bool| {
+        move |source| DiskError::Image {
+            disk: disk.name.clone(),
+            writable,
+            source,
         }
+    };
+    let file = |path: PathBuf, readonly: bool| {
+        let image = images::open(&path, !readonly).map_err(image_error(!readonly))?;
+        Ok::<_, DiskError>((path, None, image, readonly))
+    };
+    let (path, base, image, readonly) = match &disk.source {
+        DiskSource::PersistentVolumeClaim { path, .. } if path.is_dir() => {
+            file(path.join("disk.img"), disk.readonly)?
+        }
+        DiskSource::PersistentVolumeClaim { path, .. } => file(path.clone(), disk.readonly)?,
         DiskSource::HostDisk {
             path,
             create_with_capacity,
@@ -80,12 +90,12 @@ pub fn open(
             if let (Some(capacity), false) = (create_with_capacity, path.exists()) {
                 create_sparse(&disk.name, path, *capacity, false)?;
             }
-            path.clone()
+            file(path.clone(), disk.readonly)?
         }
         DiskSource::EmptyDisk { capacity_bytes } => {
             let path = scratch.join(format!("{}.img", disk.name));
             create_sparse(&disk.name, &path, *capacity_bytes, true)?;
-            path
+            file(path, disk.readonly)?
         }
         DiskSource::CloudInitNoCloud {
             user_data,
@@ -105,38 +115,74 @@ pub fn open(
                     path: path.clone(),
                     source,
                 })?;
-            readonly = true; // as KubeVirt attaches it
-            path
+            file(path, true)? // read-only, as KubeVirt attaches it
         }
-        DiskSource::ContainerDisk { .. } => return Ok(None),
+        DiskSource::ContainerDisk { path } => {
+            let base = container_disk_file(&disk.name, path)?;
+            if disk.readonly {
+                let (image, _) = images::open_base(&base).map_err(image_error(false))?;
+                (base, None, image, true)
+            } else {
+                let overlay = scratch.join(format!("{}.overlay.qcow2", disk.name));
+                let image = images::create_overlay(&base, &overlay).map_err(image_error(false))?;
+                log::info!(
+                    "disk {}: guest writes go to {}, the image {} stays unchanged",
+                    disk.name,
+                    overlay.display(),
+                    base.display()
+                );
+                (overlay, Some(base), image, false)
+            }
+        }
     };
-    let open_error = |source| DiskError::Open {
-        disk: disk.name.clone(),
-        path: path.clone(),
-        writable: !readonly,
-        source,
-    };
-    let mut file = OpenOptions::new()
-        .read(true)
-        .write(!readonly)
-        .open(&path)
-        .map_err(open_error)?;
-    // Block devices report no length in their metadata; seeking finds it.
-    let size_bytes = file.seek(SeekFrom::End(0)).map_err(open_error)?;
-    if size_bytes < 512 {
+    if image.size() < 512 {
         return Err(DiskError::Empty {
             disk: disk.name.clone(),
             path,
         });
     }
-    Ok(Some(OpenedDisk {
+    Ok(OpenedDisk {
         name: disk.name.clone(),
         path,
-        file,
-        size_bytes,
+        base,
+        image,
         readonly,
         serial: disk.serial.clone(),
-    }))
+    })
+}
+
+/// A containerDisk's image file, found as KubeVirt finds it: `path` when
+/// it is a file, else the single file in that directory (`/disk` unless
+/// the definition says otherwise).
+fn container_disk_file(disk: &str, path: &Path) -> Result<PathBuf, DiskError> {
+    if !path.is_dir() {
+        return Ok(path.to_owned()); // opening it names what is wrong
+    }
+    let problem = |problem: String| DiskError::ContainerDisk {
+        disk: disk.to_owned(),
+        path: path.to_owned(),
+        problem,
+    };
+    let entries =
+        std::fs::read_dir(path).map_err(|error| problem(format!("cannot be listed: {error}")))?;
+    let mut files: Vec<PathBuf> = entries
+        .filter_map(Result::ok)
+        .map(|entry| entry.path())
+        .filter(|entry| entry.is_file())
+        .collect();
+    files.sort();
+    match files.as_slice() {
+        [only] => Ok(only.clone()),
+        [] => Err(problem("holds no file".into())),
+        many => Err(problem(format!(
+            "holds {} files ({}), so which is the disk is unclear",
+            many.len(),
+            many.iter()
+                .map(|file| file.display().to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ))),
+    }
 }
 
 /// A sparse file of `capacity` bytes; `fresh` replaces what is there (an
@@ -189,7 +235,7 @@ mod tests {
         }
     }
 
-    fn open(disk: &Disk, scratch: &Path) -> Result<Option<OpenedDisk>, DiskError> {
+    fn open(disk: &Disk, scratch: &Path) -> Result<OpenedDisk, DiskError> {
         super::open(disk, scratch, &identity())
     }
 
@@ -216,9 +262,8 @@ mod tests {
             ),
             &dir,
         )
-        .expect("opens")
-        .expect("built");
-        assert_eq!(empty.size_bytes, 1 << 30);
+        .expect("opens");
+        assert_eq!(empty.image.size(), 1 << 30);
         let blocks = std::os::unix::fs::MetadataExt::blocks(
             &std::fs::metadata(dir.join("scratch.img")).expect("stat"),
         );
@@ -242,8 +287,8 @@ mod tests {
         assert_eq!(
             open(&disk("data", host, false), &dir)
                 .expect("opens")
-                .expect("built")
-                .size_bytes,
+                .image
+                .size(),
             1 << 20
         );
         std::fs::remove_dir_all(&dir).ok();
@@ -257,10 +302,8 @@ mod tests {
             claim_name: "c".into(),
             path,
         };
-        let opened = open(&disk("pvc", claim(dir.clone()), true), &dir)
-            .expect("opens")
-            .expect("built");
-        assert_eq!((opened.size_bytes, opened.readonly), (4096, true));
+        let opened = open(&disk("pvc", claim(dir.clone()), true), &dir).expect("opens");
+        assert_eq!((opened.image.size(), opened.readonly), (4096, true));
         let missing =
             open(&disk("gone", claim(dir.join("nope.img")), false), &dir).expect_err("missing");
         assert!(
@@ -274,12 +317,55 @@ mod tests {
         let tiny =
             open(&disk("tiny", claim(dir.join("tiny.img")), false), &dir).expect_err("empty");
         assert!(tiny.to_string().contains("is empty"), "{tiny}");
-        let container = DiskSource::ContainerDisk {
-            path: "/disk/x.img".into(),
-        };
-        assert!(open(&disk("image", container, false), &dir)
-            .expect("not an error")
-            .is_none());
+        std::fs::remove_dir_all(&dir).ok();
+    }
+
+    #[test]
+    fn a_container_disk_is_the_single_file_in_its_directory_under_an_overlay() {
+        let dir = scratch("container");
+        let image_dir = dir.join("disk");
+        std::fs::create_dir(&image_dir).expect("mkdir");
+        std::fs::write(image_dir.join("root.img"), vec![7u8; 8192]).expect("image");
+        let container = |path: PathBuf| DiskSource::ContainerDisk { path };
+        let scratch_dir = dir.join("scratch");
+        let mut opened = open(
+            &disk("root", container(image_dir.clone()), false),
+            &scratch_dir,
+        )
+        .expect("opens");
+        assert_eq!(opened.base.as_deref(), Some(&*image_dir.join("root.img")));
+        assert_eq!(opened.path, scratch_dir.join("root.overlay.qcow2"));
+        assert_eq!((opened.image.size(), opened.readonly), (8192, false));
+        opened.image.write_at(&[1; 512], 0).expect("write");
+        opened.image.flush().expect("flush");
+        assert_eq!(
+            std::fs::read(image_dir.join("root.img")).expect("base"),
+            vec![7u8; 8192],
+            "the image is unchanged"
+        );
+        // Read-only: the image itself, no overlay.
+        let readonly = open(
+            &disk("ro", container(image_dir.clone()), true),
+            &scratch_dir,
+        )
+        .expect("opens");
+        assert_eq!((readonly.base, readonly.readonly), (None, true));
+        std::fs::write(image_dir.join("other.img"), b"x").expect("second file");
+        let many = open(
+            &disk("root", container(image_dir.clone()), false),
+            &scratch_dir,
+        )
+        .expect_err("two files");
+        assert!(
+            many.to_string().contains("holds 2 files")
+                && many.to_string().contains("containerDisk.path"),
+            "{many}"
+        );
+        let empty_dir = dir.join("empty");
+        std::fs::create_dir(&empty_dir).expect("mkdir");
+        let none =
+            open(&disk("root", container(empty_dir), false), &scratch_dir).expect_err("no file");
+        assert!(none.to_string().contains("holds no file"), "{none}");
         std::fs::remove_dir_all(&dir).ok();
     }
 }

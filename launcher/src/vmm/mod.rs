@@ -258,26 +258,27 @@ fn add_virtio_devices(
     let mut slots = Vec::new();
     let mut attached = Vec::new();
     for disk in &config.disks {
-        let Some(opened) = disks::open(disk, scratch, &config.identity)? else {
-            continue;
-        };
+        let opened = disks::open(disk, scratch, &config.identity)?;
+        let size_bytes = opened.image.size();
+        let format = opened.image.format().name();
         log::info!(
-            "disk {}: {} bytes{}",
+            "disk {}: {} {} bytes{}",
             opened.name,
-            opened.size_bytes,
+            format,
+            size_bytes,
             if opened.readonly { ", read-only" } else { "" }
         );
         attached.push(crate::api::BlockDevice {
             name: opened.name.clone(),
             file: opened.path.display().to_string(),
-            format: "raw",
+            backing_file: opened.base.map(|base| base.display().to_string()),
+            format,
             readonly: opened.readonly,
-            size_bytes: opened.size_bytes,
+            size_bytes,
         });
         let block = Box::new(crate::devices::virtio::block::Block::new(
             &opened.name,
-            opened.file,
-            opened.size_bytes,
+            opened.image,
             opened.readonly,
             opened.serial.as_deref(),
         ));

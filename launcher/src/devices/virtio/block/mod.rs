@@ -1,31 +1,37 @@
-//! virtio-blk (virtio 1.2, section 5.2) on a raw file or block device:
-//! reads, writes, flush (fdatasync: what a flushing guest was told is
-//! written survives a crash of vmpod), the serial number (GET_ID), and
-//! read-only disks advertised with VIRTIO_BLK_F_RO and refused writes.
-//! Request parsing and execution are in `request`.
+//! virtio-blk (virtio 1.2, section 5.2) on any `images::DiskImage` (raw
+//! file, block device, qcow2, overlay): reads, writes, flush (what a
+//! flushing guest was told is written survives a crash of vmpod), discard
+//! and write-zeroes, the serial number (GET_ID), and read-only disks
+//! advertised with VIRTIO_BLK_F_RO and refused writes. Request parsing and
+//! execution are in `request`.
 //!
 //! Activated on a vCPU thread; requests are served on the VMM thread when
 //! the queue's notifier fires. Through the transport's mutex.
 
 pub mod request;
 
-use std::fs::File;
-
 use virtio_queue::QueueT;
 
+use crate::images::DiskImage;
+
 use super::{device_type, log_bad_request, ActivateError, Activation, SingleQueue, VirtioDevice};
-use request::{Disk, ID_BYTES, SECTOR};
+use request::{Disk, ID_BYTES, MAX_SEGMENTS, MAX_SEGMENT_SECTORS, SECTOR};
 
 /// Feature bits (virtio 1.2, section 5.2.3).
 const F_RO: u64 = 1 << 5;
 const F_BLK_SIZE: u64 = 1 << 6;
 const F_FLUSH: u64 = 1 << 9;
+const F_DISCARD: u64 = 1 << 13;
+const F_WRITE_ZEROES: u64 = 1 << 14;
+
+/// The alignment a driver should keep in discards: 4 KiB.
+const DISCARD_ALIGNMENT_SECTORS: u32 = 8;
 
 const QUEUE_SIZES: &[u16] = &[256];
 
 pub struct Block {
     name: String,
-    file: File,
+    image: Box<dyn DiskImage>,
     capacity_bytes: u64,
     readonly: bool,
     id: [u8; ID_BYTES],
@@ -35,13 +41,12 @@ pub struct Block {
 }
 
 impl Block {
-    /// `file` holds the disk's bytes (its size, rounded down to whole
+    /// `image` holds the disk's bytes (its size, rounded down to whole
     /// sectors, is the capacity); `serial` is what GET_ID answers (at most
     /// 20 bytes are kept, as in QEMU).
     pub fn new(
         name: &str,
-        file: File,
-        size_bytes: u64,
+        image: Box<dyn DiskImage>,
         readonly: bool,
         serial: Option<&str>,
     ) -> Self {
@@ -51,8 +56,8 @@ impl Block {
         id[..len].copy_from_slice(&serial[..len]);
         Block {
             name: name.to_owned(),
-            file,
-            capacity_bytes: size_bytes / SECTOR * SECTOR,
+            capacity_bytes: image.size() / SECTOR * SECTOR,
+            image,
             readonly,
             id,
             active: None,
@@ -61,11 +66,20 @@ impl Block {
         }
     }
 
-    /// The configuration space: capacity in sectors, then blk_size at 20.
-    fn config(&self) -> [u8; 24] {
-        let mut config = [0u8; 24];
+    /// The configuration space (virtio 1.2, 5.2.4): capacity in sectors,
+    /// blk_size, and the discard and write-zeroes limits.
+    fn config(&self) -> [u8; 60] {
+        let mut config = [0u8; 60];
+        let mut put =
+            |at: usize, value: u32| config[at..at + 4].copy_from_slice(&value.to_le_bytes());
+        put(20, SECTOR as u32);
+        put(36, MAX_SEGMENT_SECTORS); // max_discard_sectors
+        put(40, MAX_SEGMENTS as u32); // max_discard_seg
+        put(44, DISCARD_ALIGNMENT_SECTORS); // discard_sector_alignment
+        put(48, MAX_SEGMENT_SECTORS); // max_write_zeroes_sectors
+        put(52, MAX_SEGMENTS as u32); // max_write_zeroes_seg
+        config[56] = 1; // write_zeroes_may_unmap
         config[..8].copy_from_slice(&(self.capacity_bytes / SECTOR).to_le_bytes());
-        config[20..].copy_from_slice(&(SECTOR as u32).to_le_bytes());
         config
     }
 
@@ -76,8 +90,8 @@ impl Block {
         };
         let memory = active.memory.clone();
         let memory = &*memory;
-        let disk = Disk {
-            file: &self.file,
+        let mut disk = Disk {
+            image: &mut *self.image,
             capacity_bytes: self.capacity_bytes,
             readonly: self.readonly,
             id: &self.id,
@@ -85,7 +99,7 @@ impl Block {
         let mut served = false;
         while let Some(chain) = active.queue.pop_descriptor_chain(memory) {
             let head = chain.head_index();
-            let outcome = request::serve(chain, memory, &disk);
+            let outcome = request::serve(chain, memory, &mut disk);
             if let Some(why) = outcome.malformed {
                 log_bad_request(
                     &mut self.bad_requests,
@@ -125,6 +139,8 @@ impl VirtioDevice for Block {
         let mut features = F_BLK_SIZE | F_FLUSH;
         if self.readonly {
             features |= F_RO;
+        } else {
+            features |= F_DISCARD | F_WRITE_ZEROES;
         }
         features
     }

@@ -7,16 +7,19 @@
 //! Runs on the VMM thread (queue notifications), through the device's mutex.
 
 use std::io::{Read, Write};
-use std::os::unix::fs::FileExt;
 
 use virtio_queue::{DescriptorChain, Reader, Writer};
 use vm_memory::GuestMemoryMmap;
+
+use crate::images::DiskImage;
 
 /// Request types.
 const IN: u32 = 0;
 const OUT: u32 = 1;
 const FLUSH: u32 = 4;
 const GET_ID: u32 = 8;
+const DISCARD: u32 = 11;
+const WRITE_ZEROES: u32 = 13;
 /// Status values.
 pub const OK: u8 = 0;
 pub const IOERR: u8 = 1;
@@ -27,10 +30,16 @@ pub const SECTOR: u64 = 512;
 pub const ID_BYTES: usize = 20;
 /// Data is copied between the file and guest memory in pieces this big.
 const CHUNK: usize = 256 * 1024;
+/// The most segments one discard or write-zeroes request may carry.
+pub const MAX_SEGMENTS: usize = 32;
+/// A discard or write-zeroes segment: sector, sector count, flags.
+const SEGMENT_BYTES: usize = 16;
+/// The size limit of one segment (1 GiB), as advertised (`max_*_sectors`).
+pub const MAX_SEGMENT_SECTORS: u32 = 1 << 21;
 
 /// What a request needs of the disk.
 pub struct Disk<'a> {
-    pub file: &'a std::fs::File,
+    pub image: &'a mut dyn DiskImage,
     pub capacity_bytes: u64,
     pub readonly: bool,
     pub id: &'a [u8; ID_BYTES],
@@ -58,7 +67,7 @@ fn done(written: usize) -> Outcome {
 pub fn serve(
     chain: DescriptorChain<&GuestMemoryMmap>,
     memory: &GuestMemoryMmap,
-    disk: &Disk<'_>,
+    disk: &mut Disk<'_>,
 ) -> Outcome {
     let malformed = |why: String| Outcome {
         written: 0,
@@ -124,7 +133,7 @@ fn execute(
     sector: u64,
     reader: &mut Reader<'_>,
     writer: &mut Writer<'_>,
-    disk: &Disk<'_>,
+    disk: &mut Disk<'_>,
 ) -> (u8, Outcome) {
     let failed = |status: u8, why: String| {
         (
@@ -153,7 +162,7 @@ fn execute(
                 Ok(start) => start,
                 Err(why) => return failed(IOERR, why),
             };
-            match copy_to_guest(disk.file, start, len, writer) {
+            match copy_to_guest(disk.image, start, len, writer) {
                 Ok(()) => (OK, done(len)),
                 Err(error) => io_failed(error),
             }
@@ -165,12 +174,12 @@ fn execute(
                 Ok(start) => start,
                 Err(why) => return failed(IOERR, why),
             };
-            match copy_to_disk(reader, disk.file, start, len) {
+            match copy_to_disk(reader, disk.image, start, len) {
                 Ok(()) => (OK, done(0)),
                 Err(error) => io_failed(error),
             }
         }
-        FLUSH => match disk.file.sync_data() {
+        FLUSH => match disk.image.flush() {
             Ok(()) => (OK, done(0)),
             Err(error) => io_failed(error),
         },
@@ -181,6 +190,29 @@ fn execute(
                 Err(error) => failed(IOERR, format!("an unwritable ID buffer: {error}")),
             }
         }
+        DISCARD | WRITE_ZEROES if disk.readonly => failed(
+            IOERR,
+            "a discard or write-zeroes on a read-only disk".into(),
+        ),
+        DISCARD | WRITE_ZEROES => {
+            let segments = match read_segments(reader, disk.capacity_bytes) {
+                Ok(segments) => segments,
+                Err(why) => return failed(IOERR, why),
+            };
+            for (start, len, unmap) in segments {
+                let result = if kind == DISCARD {
+                    disk.image.discard(start, len)
+                } else if unmap {
+                    disk.image.write_zeroes(start, len)
+                } else {
+                    write_zero_bytes(disk.image, start, len)
+                };
+                if let Err(error) = result {
+                    return io_failed(error);
+                }
+            }
+            (OK, done(0))
+        }
         other => failed(
             UNSUPP,
             format!("request type {other}, which vmpod does not offer"),
@@ -188,8 +220,59 @@ fn execute(
     }
 }
 
+/// The byte ranges (start, length, unmap allowed) of a discard or
+/// write-zeroes request, all checked before any is carried out.
+fn read_segments(reader: &mut Reader<'_>, capacity: u64) -> Result<Vec<(u64, u64, bool)>, String> {
+    let bytes = reader.available_bytes();
+    let count = bytes / SEGMENT_BYTES;
+    if count == 0 || !bytes.is_multiple_of(SEGMENT_BYTES) || count > MAX_SEGMENTS {
+        return Err(format!(
+            "{bytes} bytes of segments (whole 16-byte segments, 1 to {MAX_SEGMENTS})"
+        ));
+    }
+    let mut segments = Vec::with_capacity(count);
+    for _ in 0..count {
+        let mut segment = [0u8; SEGMENT_BYTES];
+        reader
+            .read_exact(&mut segment)
+            .map_err(|error| format!("an unreadable segment: {error}"))?;
+        let field = |at: usize| {
+            u32::from_le_bytes([
+                segment[at],
+                segment[at + 1],
+                segment[at + 2],
+                segment[at + 3],
+            ])
+        };
+        let mut sector = [0u8; 8];
+        sector.copy_from_slice(&segment[..8]);
+        let (sector, sectors, flags) = (u64::from_le_bytes(sector), field(8), field(12));
+        if sectors > MAX_SEGMENT_SECTORS || flags & !1 != 0 {
+            return Err(format!(
+                "a segment of {sectors} sectors with flags {flags:#x}"
+            ));
+        }
+        let len = u64::from(sectors) * SECTOR;
+        let start = range(sector, len as usize, capacity)?;
+        segments.push((start, len, flags & 1 != 0));
+    }
+    Ok(segments)
+}
+
+/// Write-zeroes without the unmap flag: the zeroes must be allocated.
+fn write_zero_bytes(image: &mut dyn DiskImage, start: u64, len: u64) -> std::io::Result<()> {
+    let zeroes = vec![0u8; len.min(CHUNK as u64) as usize];
+    let mut done = 0;
+    while done < len {
+        let piece = (len - done).min(zeroes.len() as u64) as usize;
+        image.write_at(&zeroes[..piece], start + done)?;
+        done += piece as u64;
+    }
+    Ok(())
+}
+
 fn copy_to_guest(
-    file: &std::fs::File,
+    image: &mut dyn DiskImage,
     start: u64,
     len: usize,
     writer: &mut Writer<'_>,
@@ -198,7 +281,7 @@ fn copy_to_guest(
     let mut done = 0;
     while done < len {
         let piece = &mut buffer[..(len - done).min(CHUNK)];
-        file.read_exact_at(piece, start + done as u64)?;
+        image.read_at(piece, start + done as u64)?;
         writer.write_all(piece)?;
         done += piece.len();
     }
@@ -207,7 +290,7 @@ fn copy_to_guest(
 
 fn copy_to_disk(
     reader: &mut Reader<'_>,
-    file: &std::fs::File,
+    image: &mut dyn DiskImage,
     start: u64,
     len: usize,
 ) -> std::io::Result<()> {
@@ -216,7 +299,7 @@ fn copy_to_disk(
     while done < len {
         let piece = &mut buffer[..(len - done).min(CHUNK)];
         reader.read_exact(piece)?;
-        file.write_all_at(piece, start + done as u64)?;
+        image.write_at(piece, start + done as u64)?;
         done += piece.len();
     }
     Ok(())

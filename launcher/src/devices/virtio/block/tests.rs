@@ -1,7 +1,7 @@
 //! virtio-blk requests on virtio-queue's mock queues, against a real file.
 
-use std::io::{Read, Seek, Write};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 
 use virtio_queue::desc::{split::Descriptor as SplitDescriptor, RawDescriptor};
 use virtio_queue::mock::MockSplitQueue;
@@ -21,42 +21,104 @@ fn descriptor(addr: u64, len: u32, flags: u16) -> RawDescriptor {
     RawDescriptor::from(SplitDescriptor::new(addr, len, flags, 0))
 }
 
-/// A disk file of 8 sectors, sector N filled with byte N.
-fn disk_file() -> File {
-    let mut file = tempfile();
-    for sector in 0..SECTORS {
-        file.write_all(&[sector as u8; 512]).expect("fill");
-    }
-    file
+/// An in-memory disk whose bytes the test can see, and which can be told
+/// to fail writes as a full file system does.
+#[derive(Debug, Clone)]
+struct MemoryDisk {
+    bytes: Arc<Mutex<Vec<u8>>>,
+    full: Arc<AtomicBool>,
+    zeroed: Arc<Mutex<Vec<(u64, u64)>>>,
 }
 
-fn tempfile() -> File {
-    let path = std::env::temp_dir().join(format!(
-        "vmpod-blk-{}-{:?}",
-        std::process::id(),
-        std::thread::current().id()
-    ));
-    let file = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .open(&path)
-        .expect("temp file");
-    std::fs::remove_file(&path).expect("unlink");
-    file
+impl MemoryDisk {
+    /// `size` bytes, sector N filled with byte N.
+    fn new(size: u64) -> Self {
+        let bytes = (0..size).map(|at| (at / 512) as u8).collect();
+        MemoryDisk {
+            bytes: Arc::new(Mutex::new(bytes)),
+            full: Arc::default(),
+            zeroed: Arc::default(),
+        }
+    }
+
+    fn bytes(&self) -> Vec<u8> {
+        self.bytes.lock().expect("bytes").clone()
+    }
+
+    fn range(&self, offset: u64, len: usize) -> std::io::Result<std::ops::Range<usize>> {
+        let start = offset as usize;
+        (start + len <= self.bytes.lock().expect("bytes").len())
+            .then_some(start..start + len)
+            .ok_or_else(|| std::io::Error::from(std::io::ErrorKind::UnexpectedEof))
+    }
+}
+
+impl DiskImage for MemoryDisk {
+    fn size(&self) -> u64 {
+        self.bytes.lock().expect("bytes").len() as u64
+    }
+    fn read_at(&mut self, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
+        let range = self.range(offset, buf.len())?;
+        buf.copy_from_slice(&self.bytes.lock().expect("bytes")[range]);
+        Ok(())
+    }
+    fn write_at(&mut self, buf: &[u8], offset: u64) -> std::io::Result<()> {
+        if self.full.load(Ordering::Relaxed) {
+            return Err(std::io::Error::from_raw_os_error(libc::ENOSPC));
+        }
+        let range = self.range(offset, buf.len())?;
+        self.bytes.lock().expect("bytes")[range].copy_from_slice(buf);
+        Ok(())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+    fn write_zeroes(&mut self, offset: u64, len: u64) -> std::io::Result<()> {
+        let range = self.range(offset, len as usize)?;
+        self.bytes.lock().expect("bytes")[range].fill(0);
+        self.zeroed.lock().expect("zeroed").push((offset, len));
+        Ok(())
+    }
+    fn discard(&mut self, offset: u64, len: u64) -> std::io::Result<()> {
+        self.write_zeroes(offset, len)
+    }
+    fn format(&self) -> crate::images::Format {
+        crate::images::Format::Raw
+    }
+}
+
+fn disk_of(size: u64) -> Box<dyn DiskImage> {
+    Box::new(MemoryDisk::new(size))
 }
 
 struct Served {
     status: u8,
     used: u32,
     memory: Arc<GuestMemoryMmap>,
-    file: File,
+    disk: MemoryDisk,
 }
 
 /// Writes a request header, runs the chain `descriptors` through a block
-/// device on `file`, and returns what the guest would see.
+/// device on an 8-sector disk, and returns what the guest would see.
 fn request(
+    kind: u32,
+    sector: u64,
+    descriptors: &[RawDescriptor],
+    guest_data: &[u8],
+    readonly: bool,
+) -> Served {
+    request_on(
+        MemoryDisk::new(SECTORS * 512),
+        kind,
+        sector,
+        descriptors,
+        guest_data,
+        readonly,
+    )
+}
+
+fn request_on(
+    disk: MemoryDisk,
     kind: u32,
     sector: u64,
     descriptors: &[RawDescriptor],
@@ -79,11 +141,9 @@ fn request(
     let mock = MockSplitQueue::new(&*memory, 16);
     mock.build_desc_chain(descriptors).expect("chain");
     let queue: Queue = mock.create_queue().expect("queue");
-    let file = disk_file();
     let mut block = Block::new(
         "root",
-        file.try_clone().expect("clone"),
-        SECTORS * 512,
+        Box::new(disk.clone()),
         readonly,
         Some("vmpod-serial-0123456789"),
     );
@@ -103,7 +163,7 @@ fn request(
         status,
         used,
         memory,
-        file,
+        disk,
     }
 }
 
@@ -113,13 +173,6 @@ fn standard(data: RawDescriptor) -> Vec<RawDescriptor> {
         data,
         descriptor(STATUS, 1, WRITE),
     ]
-}
-
-fn file_bytes(file: &mut File) -> Vec<u8> {
-    let mut bytes = Vec::new();
-    file.rewind().expect("rewind");
-    file.read_to_end(&mut bytes).expect("read");
-    bytes
 }
 
 #[test]
@@ -136,7 +189,7 @@ fn a_read_copies_sectors_into_the_guest() {
 
 #[test]
 fn a_write_lands_in_the_file() {
-    let mut served = request(
+    let served = request(
         1,
         5,
         &standard(descriptor(DATA, 512, 0)),
@@ -144,7 +197,7 @@ fn a_write_lands_in_the_file() {
         false,
     );
     assert_eq!((served.status, served.used), (OK, 1));
-    let bytes = file_bytes(&mut served.file);
+    let bytes = served.disk.bytes();
     assert!(bytes[5 * 512..6 * 512].iter().all(|b| *b == 0xab));
     assert!(
         bytes[4 * 512..5 * 512].iter().all(|b| *b == 4),
@@ -154,7 +207,7 @@ fn a_write_lands_in_the_file() {
 
 #[test]
 fn a_read_only_disk_refuses_writes_and_says_so() {
-    let mut served = request(
+    let served = request(
         1,
         0,
         &standard(descriptor(DATA, 512, 0)),
@@ -162,12 +215,13 @@ fn a_read_only_disk_refuses_writes_and_says_so() {
         true,
     );
     assert_eq!(served.status, IOERR);
-    assert!(file_bytes(&mut served.file)[..512].iter().all(|b| *b == 0));
-    let block = Block::new("ro", disk_file(), 4096, true, None);
-    assert_ne!(block.features() & F_RO, 0);
+    assert!(served.disk.bytes()[..512].iter().all(|b| *b == 0));
+    let block = Block::new("ro", disk_of(4096), true, None);
+    assert_eq!(block.features() & (F_RO | F_DISCARD | F_WRITE_ZEROES), F_RO);
     assert_eq!(
-        Block::new("rw", disk_file(), 4096, false, None).features() & F_RO,
-        0
+        Block::new("rw", disk_of(4096), false, None).features()
+            & (F_RO | F_DISCARD | F_WRITE_ZEROES),
+        F_DISCARD | F_WRITE_ZEROES
     );
 }
 
@@ -220,7 +274,7 @@ fn get_id_answers_the_serial_flush_syncs_and_others_are_unsupported() {
     );
     assert_eq!((flush.status, flush.used), (OK, 1));
     assert_eq!(
-        request(11, 0, &standard(descriptor(DATA, 512, 0)), &[0; 512], false).status,
+        request(7, 0, &standard(descriptor(DATA, 512, 0)), &[0; 512], false).status,
         UNSUPP
     );
 }
@@ -274,7 +328,7 @@ fn malformed_chains_fail_the_request_not_the_vmm() {
 
 #[test]
 fn the_config_space_gives_capacity_in_sectors_and_the_block_size() {
-    let block = Block::new("cfg", disk_file(), 10 * 512 + 100, false, None);
+    let block = Block::new("cfg", disk_of(10 * 512 + 100), false, None);
     let mut capacity = [0u8; 8];
     block.read_config(0, &mut capacity);
     assert_eq!(
@@ -288,4 +342,93 @@ fn the_config_space_gives_capacity_in_sectors_and_the_block_size() {
     let mut beyond = [0xffu8; 4];
     block.read_config(u64::MAX - 1, &mut beyond);
     assert_eq!(beyond, [0; 4]);
+}
+
+/// Discard and write-zeroes segments: sector, sector count, flags.
+fn segments(list: &[(u64, u32, u32)]) -> Vec<u8> {
+    let mut bytes = Vec::new();
+    for (sector, count, flags) in list {
+        bytes.extend_from_slice(&sector.to_le_bytes());
+        bytes.extend_from_slice(&count.to_le_bytes());
+        bytes.extend_from_slice(&flags.to_le_bytes());
+    }
+    bytes
+}
+
+#[test]
+fn discard_and_write_zeroes_clear_each_segment() {
+    let list = segments(&[(1, 1, 0), (4, 2, 1)]);
+    let len = list.len() as u32;
+    let zeroes = request(13, 0, &standard(descriptor(DATA, len, 0)), &list, false);
+    assert_eq!((zeroes.status, zeroes.used), (OK, 1));
+    let bytes = zeroes.disk.bytes();
+    for (sector, expected) in [(0, 0u8), (1, 0), (2, 2), (4, 0), (5, 0), (6, 6)] {
+        assert!(
+            bytes[sector * 512..(sector + 1) * 512]
+                .iter()
+                .all(|b| *b == expected),
+            "sector {sector}"
+        );
+    }
+    // Only the segment that allowed unmapping went to the backend's zeroing.
+    assert_eq!(*zeroes.disk.zeroed.lock().expect("zeroed"), [(2048, 1024)]);
+    let discard = request(
+        11,
+        0,
+        &standard(descriptor(DATA, 16, 0)),
+        &segments(&[(3, 2, 0)]),
+        false,
+    );
+    assert_eq!(discard.status, OK);
+    assert_eq!(*discard.disk.zeroed.lock().expect("zeroed"), [(1536, 1024)]);
+}
+
+#[test]
+fn bad_segments_and_read_only_disks_fail_discard_and_write_zeroes() {
+    let bad = [
+        segments(&[(7, 2, 0)]),                // past the end
+        segments(&[(0, 1, 2)]),                // an unknown flag
+        segments(&[(0, 1, 0)])[..10].to_vec(), // not whole segments
+        segments(&vec![(0, 1, 0); 33]),        // more than advertised
+    ];
+    for (index, list) in bad.iter().enumerate() {
+        let len = list.len() as u32;
+        let served = request(13, 0, &standard(descriptor(DATA, len, 0)), list, false);
+        assert_eq!(served.status, IOERR, "case {index}");
+        assert_eq!(
+            served.disk.bytes(),
+            MemoryDisk::new(SECTORS * 512).bytes(),
+            "case {index}"
+        );
+    }
+    let list = segments(&[(0, 1, 1)]);
+    let read_only = request(11, 0, &standard(descriptor(DATA, 16, 0)), &list, true);
+    assert_eq!(read_only.status, IOERR);
+    assert!(read_only.disk.zeroed.lock().expect("zeroed").is_empty());
+}
+
+#[test]
+fn a_full_disk_gives_the_guest_an_io_error_and_the_device_goes_on() {
+    let disk = MemoryDisk::new(SECTORS * 512);
+    disk.full.store(true, Ordering::Relaxed);
+    let full = request_on(
+        disk.clone(),
+        1,
+        0,
+        &standard(descriptor(DATA, 512, 0)),
+        &[9; 512],
+        false,
+    );
+    assert_eq!((full.status, full.used), (IOERR, 1));
+    disk.full.store(false, Ordering::Relaxed);
+    let after = request_on(
+        disk,
+        1,
+        0,
+        &standard(descriptor(DATA, 512, 0)),
+        &[9; 512],
+        false,
+    );
+    assert_eq!(after.status, OK);
+    assert!(after.disk.bytes()[..512].iter().all(|b| *b == 9));
 }
