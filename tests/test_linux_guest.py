@@ -15,6 +15,7 @@ SCENARIOS = (
     "qmpreset vmpod 2 qmp:system_reset poweroff",
     "pause vmpod 2 pause",
     "ctrlaltdel vmpod 2 keys:ctrl-alt-delete poweroff",
+    "passtdies vmpod 1 killpasst",
 )
 
 
@@ -108,12 +109,46 @@ def test_a_container_disk_takes_writes_and_its_image_stays_unchanged(nested):
     assert "guest writes go to /vm/scratch/root.overlay.qcow2" in run["stderr"], run["stderr"]
 
 
+def test_the_guest_gets_the_pods_address_by_dhcp_from_passt(nested):
+    run = nested["poweroff"]
+    out = run["stdout"]
+    # L1's address (QEMU user networking), which passt hands on.
+    assert "L2: dhcp ip=10.0.2.15 subnet=255.255.255.0 router=10.0.2.2" in out, out + run["stderr"]
+    assert "L2: eth0 mac=02:" in out and "mtu=1500" in out, out
+    assert "NIC default: passt started" in run["stderr"], run["stderr"]
+
+
+def test_the_guest_reaches_a_tcp_server_on_the_pod_side(nested):
+    run = nested["poweroff"]
+    assert "L2: sent to the pod side" in run["stdout"], run["stdout"]
+    assert result(run, "from_guest") == "hello_from_the_guest", run["result"]
+
+
+def test_a_server_in_the_guest_is_reachable_through_the_forwarded_port(nested):
+    run = nested["poweroff"]
+    assert result(run, "to_guest") == "hello_from_a_server_in_the_guest", run["result"] + [run["stderr"]]
+
+
+def test_when_passt_dies_vmpod_restarts_it_and_the_vm_goes_on(nested):
+    run = nested["passtdies"]
+    assert "the network backend stopped" in run["stderr"], run["stderr"]
+    assert "the network backend is back; link up" in run["stderr"], run["stderr"]
+    assert result(run, "passts") == "1", run["result"]
+    assert result(run, "exit") == "0", run["stderr"]
+
+
 def test_the_cloud_init_seed_mounts_and_holds_the_definitions_user_data(nested):
     out = nested["poweroff"]["stdout"]
     # The label sits in the FAT boot sector at 0x2b, where blkid reads it.
     assert "L2: seed label=cidata user-data: runcmd: [echo from-the-definition]" in out, out
     assert "local-hostname: linux" in out, out
     assert "instance-id: " in out, out
+
+
+def test_the_config_drive_mounts_with_openstacks_layout(nested):
+    out = nested["poweroff"]["stdout"]
+    assert "L2: config drive label=config-2 user_data: hostname: from-config-drive" in out, out
+    assert '"hostname":"linux"' in out, out
 
 
 def test_the_boot_log_is_on_stdout_and_on_vm_serial(nested):

@@ -160,10 +160,7 @@ pub fn run(config: &VmConfig, options: &LaunchOptions) -> Result<Outcome, Launch
 /// Says which parts of the definition this vmpod cannot give the guest yet
 /// (rather than dropping them silently).
 fn warn_about_unbuilt_devices(config: &VmConfig) {
-    let mut missing = Vec::new();
-    if !config.nics.is_empty() {
-        missing.push(format!("{} NIC(s)", config.nics.len()));
-    }
+    let mut missing: Vec<String> = Vec::new();
     if !config.inputs.is_empty() {
         missing.push("input devices".into());
     }
@@ -172,7 +169,7 @@ fn warn_about_unbuilt_devices(config: &VmConfig) {
     }
     if !missing.is_empty() {
         log::warn!(
-            "this vmpod does not build NICs, input devices or a display yet: the guest will not see {}",
+            "this vmpod does not build input devices or a display yet: the guest will not see {}",
             missing.join(", ")
         );
     }

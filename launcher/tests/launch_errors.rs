@@ -6,7 +6,7 @@ mod common;
 use std::process::Command;
 use std::time::Duration;
 
-use common::{guest, launch, launch_with, Scratch, VMPOD};
+use common::{guest, launch, launch_with, run_dir_for, Scratch, VMPOD};
 
 const WATCHDOG: Duration = Duration::from_secs(30);
 
@@ -199,7 +199,7 @@ fn devices_this_vmpod_cannot_build_are_named_not_dropped() {
     let run = launch(&definition).finish(WATCHDOG);
     assert!(
         run.stderr.contains(
-            "does not build NICs, input devices or a display yet: the guest will not see input devices"
+            "does not build input devices or a display yet: the guest will not see input devices"
         ),
         "{}",
         run.stderr
@@ -234,6 +234,37 @@ fn a_missing_disk_file_is_named_with_its_disk() {
         run.stderr.contains(&format!(
             "vmpod: error: disk data: cannot open {}: No such file or directory (os error 2); check that the volume is mounted there and readable and writable",
             image.display()
+        )),
+        "{}",
+        run.stderr
+    );
+}
+
+#[test]
+#[cfg_attr(not(vmpod_kvm), ignore = "needs a usable /dev/kvm")]
+fn a_missing_passt_is_named_with_the_nic_and_what_to_install() {
+    let scratch = Scratch::new("no-passt");
+    let definition = scratch.definition("nopasst", &guest("hello.elf"), 1, "16Mi", "");
+    // The pod network, as a pasted VM has it.
+    let text = std::fs::read_to_string(&definition).expect("read").replace(
+        "autoattachPodInterface: false",
+        "autoattachPodInterface: true",
+    );
+    std::fs::write(&definition, text).expect("write");
+    let run = launch_with(
+        Command::new(VMPOD)
+            .args(["launch", "--file"])
+            .arg(&definition)
+            .arg("--run-dir")
+            .arg(run_dir_for(&definition))
+            .env("VMPOD_PASST", scratch.0.join("no/passt")),
+    )
+    .finish(WATCHDOG);
+    assert_eq!(run.code, Some(1), "{}", run.stderr);
+    assert!(
+        run.stderr.contains(&format!(
+            "vmpod: error: NIC default: passt is not installed (looked for VMPOD_PASST={}); install Debian's passt package",
+            scratch.0.join("no/passt").display()
         )),
         "{}",
         run.stderr

@@ -9,7 +9,7 @@
 #                        layer over a raw base, and a compressed qcow2
 #                        container disk (with its sha256)
 # Needs: apt-get (to download the kernel package), dpkg-deb, busybox-static,
-# cpio, qemu-utils.
+# cpio, qemu-utils, passt (copied into L1).
 set -eu
 here="$(cd "$(dirname "$0")" && pwd)"
 out="${1:?usage: prepare.sh OUTDIR}"
@@ -36,7 +36,8 @@ cp /bin/busybox "$root/bin/busybox"
 # LNRO0005 entries by virtio_mmio) are modules in this kernel.
 for module in drivers/input/evdev drivers/acpi/button drivers/virtio/virtio_ring \
         drivers/virtio/virtio drivers/virtio/virtio_mmio drivers/char/hw_random/virtio-rng \
-        drivers/block/virtio_blk fs/fat/fat fs/fat/vfat fs/nls/nls_cp437 fs/nls/nls_ascii; do
+        drivers/block/virtio_blk fs/fat/fat fs/fat/vfat fs/nls/nls_cp437 fs/nls/nls_ascii \
+        net/core/failover drivers/net/net_failover drivers/net/virtio_net; do
     cp "$out"/kernel/lib/modules/*/kernel/$module.ko "$root/modules/"
 done
 # Images: base.raw says "base image" at 0 and "base tail" at 4 MiB; the
@@ -59,6 +60,16 @@ rm "$images/container.raw"
 sha256sum "$images/container.qcow2" | cut -d' ' -f1 > "$images/container.sha256"
 
 cp "$here/l2-init" "$root/init"
+# udhcpc's script: configures what passt's DHCP server offered.
+cat > "$root/bin/dhcp-event" <<'SCRIPT'
+#!/bin/sh
+[ "$1" = bound ] || exit 0
+ifconfig "$interface" "$ip" netmask "$subnet" mtu "${mtu:-1500}"
+route add default gw "${router%% *}"
+echo "L2: dhcp ip=$ip subnet=$subnet router=${router%% *} mtu=$mtu" > /dev/console
+echo "${router%% *}" > /router
+SCRIPT
+chmod +x "$root/bin/dhcp-event"
 chmod +x "$root/init"
 (cd "$root" && find . | cpio -o -H newc --quiet | gzip -1) > "$out/l2.cpio.gz"
 echo "$out"

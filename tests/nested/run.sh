@@ -19,7 +19,12 @@ chmod +x "$root/init"
 for scenario in "$@"; do echo "$scenario"; done > "$root/scenarios"
 # L2_KERNEL_ARGS overrides the L2 command line (for debugging).
 [ -z "${L2_KERNEL_ARGS:-}" ] || echo "$L2_KERNEL_ARGS" > "$root/kernel_args"
-for module in virt/lib/irqbypass arch/x86/kvm/kvm arch/x86/kvm/kvm-amd; do
+# KVM, and virtio-net over PCI for L1's own network (QEMU user networking),
+# which passt needs: an interface with a default route.
+for module in virt/lib/irqbypass arch/x86/kvm/kvm arch/x86/kvm/kvm-amd \
+        drivers/virtio/virtio_ring drivers/virtio/virtio drivers/virtio/virtio_pci_legacy_dev \
+        drivers/virtio/virtio_pci_modern_dev drivers/virtio/virtio_pci net/core/failover \
+        drivers/net/net_failover drivers/net/virtio_net; do
     cp "$prepared"/kernel/lib/modules/*/kernel/$module.ko "$root/modules/"
 done
 
@@ -34,6 +39,8 @@ copy_with_libraries() {
     done
 }
 copy_with_libraries "$vmpod" vmpod
+mkdir -p "$root/usr/bin"
+copy_with_libraries "$(command -v passt)" usr/bin/passt
 if grep -q " qemu " "$root/scenarios"; then
     mkdir -p "$root/usr/bin" "$root/qemu"
     copy_with_libraries /usr/bin/qemu-system-x86_64 usr/bin/qemu-system-x86_64
@@ -48,6 +55,6 @@ cp "$prepared/l2.cpio.gz" "$root/l2.cpio.gz"
 (cd "$root" && find . | cpio -o -H newc --quiet | gzip -1) > "$prepared/l1.cpio.gz"
 
 exec qemu-system-x86_64 -accel tcg -cpu max -smp 2 -m 2048 -nographic -no-reboot \
-    -nodefaults -no-user-config -serial stdio \
+    -nodefaults -no-user-config -serial stdio -nic user,model=virtio-net-pci \
     -kernel "$prepared/vmlinuz" -initrd "$prepared/l1.cpio.gz" \
     -append "console=ttyS0 panic=-1 quiet"

@@ -266,6 +266,14 @@ pub enum DiskSource {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         network_data: Option<String>,
     },
+    /// An OpenStack config drive (label `config-2`) that vmpod builds;
+    /// `network_data` is OpenStack's network_data.json.
+    #[serde(rename_all = "camelCase")]
+    CloudInitConfigDrive {
+        user_data: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        network_data: Option<String>,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

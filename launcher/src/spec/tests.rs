@@ -241,6 +241,26 @@ fn disks_join_volumes_by_name() {
 }
 
 #[test]
+fn a_config_drive_carries_user_and_network_data() {
+    let text = MINIMAL.to_owned()
+        + r##"    devices:
+      disks: [{name: seed}]
+  volumes:
+  - name: seed
+    cloudInitConfigDrive:
+      userData: "#cloud-config\n"
+      networkData: '{"links": []}'
+"##;
+    assert_eq!(
+        config(&text).disks[0].source,
+        DiskSource::CloudInitConfigDrive {
+            user_data: "#cloud-config\n".into(),
+            network_data: Some(r#"{"links": []}"#.into())
+        }
+    );
+}
+
+#[test]
 fn unmatched_disks_volumes_interfaces_and_networks_are_named() {
     let text = MINIMAL.to_owned()
         + "    devices:

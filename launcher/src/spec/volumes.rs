@@ -67,7 +67,24 @@ fn read_volume(field: &Field, diag: &mut Diagnostics) -> Option<Volume> {
         sources.push(capacity.map(|capacity_bytes| DiskSource::EmptyDisk { capacity_bytes }));
     }
     if let Some(object) = volume.object("cloudInitNoCloud", diag) {
-        sources.push(read_cloud_init(object, diag));
+        sources.push(
+            read_cloud_init(object, diag).map(|(user_data, network_data)| {
+                DiskSource::CloudInitNoCloud {
+                    user_data,
+                    network_data,
+                }
+            }),
+        );
+    }
+    if let Some(object) = volume.object("cloudInitConfigDrive", diag) {
+        sources.push(
+            read_cloud_init(object, diag).map(|(user_data, network_data)| {
+                DiskSource::CloudInitConfigDrive {
+                    user_data,
+                    network_data,
+                }
+            }),
+        );
     }
     for key in [
         "dataVolume",
@@ -76,14 +93,13 @@ fn read_volume(field: &Field, diag: &mut Diagnostics) -> Option<Volume> {
         "serviceAccount",
         "downwardAPI",
         "downwardMetrics",
-        "cloudInitConfigDrive",
         "ephemeral",
         "sysprep",
         "memoryDump",
     ] {
         volume.reject(
             key,
-            "use containerDisk, persistentVolumeClaim, hostDisk, emptyDisk or cloudInitNoCloud",
+            "use containerDisk, persistentVolumeClaim, hostDisk, emptyDisk, cloudInitNoCloud or cloudInitConfigDrive",
             diag,
         );
     }
@@ -96,7 +112,7 @@ fn read_volume(field: &Field, diag: &mut Diagnostics) -> Option<Volume> {
                 .iter()
                 .any(|p| p.path.starts_with(&field.path));
             if !already_reported {
-                diag.problem(&field.path, "needs a source: containerDisk, persistentVolumeClaim, hostDisk, emptyDisk or cloudInitNoCloud");
+                diag.problem(&field.path, "needs a source: containerDisk, persistentVolumeClaim, hostDisk, emptyDisk, cloudInitNoCloud or cloudInitConfigDrive");
             }
             None
         }
@@ -168,7 +184,8 @@ fn read_host_disk(mut object: Object, diag: &mut Diagnostics) -> Option<DiskSour
     })
 }
 
-fn read_cloud_init(mut object: Object, diag: &mut Diagnostics) -> Option<DiskSource> {
+/// User data and network data of a cloud-init volume (either kind).
+fn read_cloud_init(mut object: Object, diag: &mut Diagnostics) -> Option<(String, Option<String>)> {
     let user_data = read_text_or_base64(&mut object, "userData", "userDataBase64", diag);
     let network_data = read_text_or_base64(&mut object, "networkData", "networkDataBase64", diag);
     for key in ["secretRef", "networkDataSecretRef"] {
@@ -187,10 +204,7 @@ fn read_cloud_init(mut object: Object, diag: &mut Diagnostics) -> Option<DiskSou
         diag.problem(&path, "needs userData or userDataBase64");
         return None;
     }
-    Some(DiskSource::CloudInitNoCloud {
-        user_data: user_data.unwrap_or_default(),
-        network_data,
-    })
+    Some((user_data.unwrap_or_default(), network_data))
 }
 
 fn read_text_or_base64(

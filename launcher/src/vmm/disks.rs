@@ -4,7 +4,7 @@
 //! sparse in the scratch directory), a containerDisk (its image read-only
 //! under a fresh copy-on-write overlay in the scratch directory, so guest
 //! writes vanish with the pod, as in KubeVirt), a cloud-init NoCloud seed
-//! (built in the scratch directory, read-only). Every failure names the
+//! or config drive (built in the scratch directory, read-only). Every failure names the
 //! disk, the file and what to do.
 //!
 //! VMM thread, before the first boot.
@@ -100,9 +100,20 @@ pub fn open(disk: &Disk, scratch: &Path, identity: &Identity) -> Result<OpenedDi
         DiskSource::CloudInitNoCloud {
             user_data,
             network_data,
+        }
+        | DiskSource::CloudInitConfigDrive {
+            user_data,
+            network_data,
         } => {
-            let path = scratch.join(format!("{}.cidata.img", disk.name));
+            let (kind, suffix) = match disk.source {
+                DiskSource::CloudInitConfigDrive { .. } => {
+                    (cloud_init::Kind::ConfigDrive, "config-2")
+                }
+                _ => (cloud_init::Kind::NoCloud, "cidata"),
+            };
+            let path = scratch.join(format!("{}.{suffix}.img", disk.name));
             let seed = cloud_init::Seed {
+                kind,
                 instance_id: &identity.uuid.to_string(),
                 hostname: &identity.hostname,
                 user_data,

@@ -19,6 +19,7 @@ pub mod event_loop;
 pub mod host;
 pub mod layout;
 pub mod memory;
+pub mod network;
 pub mod platform;
 pub mod termination;
 pub mod vcpu;
@@ -57,6 +58,8 @@ pub enum VmmError {
     Device(#[from] device_manager::DeviceError),
     #[error(transparent)]
     Disk(#[from] disks::DiskError),
+    #[error(transparent)]
+    Network(#[from] network::NetworkError),
     #[error("KVM refused to {what}")]
     Kvm {
         what: &'static str,
@@ -292,6 +295,31 @@ fn add_virtio_devices(
         )?);
     }
     block_devices.set(attached);
+    // Only one NIC can forward every port of the pod: the first that
+    // lists none.
+    let forwards_all = config.nics.iter().position(|nic| nic.ports.is_empty());
+    for (index, nic) in config.nics.iter().enumerate() {
+        if nic.ports.is_empty() && forwards_all != Some(index) {
+            log::warn!(
+                "NIC {}: lists no ports, but NIC {} already forwards all of the pod's ports; this one forwards none",
+                nic.name,
+                config.nics[forwards_all.unwrap_or(0)].name
+            );
+        }
+        let mac = network::parse_mac(&nic.name, &nic.mac)?;
+        let network::Started { backend, connect } =
+            network::start(nic, forwards_all == Some(index))?;
+        let net =
+            crate::devices::virtio::net::Net::new(&nic.name, mac, network::MTU, backend, connect)
+                .map_err(io_error("create a NIC's restart timer"))?;
+        slots.push(virtio::add(
+            devices,
+            slots.len() as u8,
+            &format!("virtio-net {}", nic.name),
+            Box::new(net),
+            memory,
+        )?);
+    }
     if config.rng {
         let rng = Box::new(crate::devices::virtio::rng::Rng::default());
         slots.push(virtio::add(

@@ -1,7 +1,8 @@
 //! Virtio devices on the virtio-mmio transport: each is added to the
 //! device manager in one call (a window in the device window, an
 //! interrupt line, one ioeventfd per queue, its `LNRO0005` DSDT entry),
-//! and its queue notifiers are served by the VMM thread's event loop.
+//! and its queue notifiers and backend descriptors (a NIC's socket) are
+//! served by the VMM thread's event loop.
 //!
 //! VMM thread only.
 
@@ -17,7 +18,7 @@ use super::device_manager::{DeviceError, DeviceManager, DeviceSpec, Irq, Notifie
 use super::event_loop::{EventHandler, Registrar};
 use crate::api::Command;
 use crate::devices::virtio::mmio::{MmioTransport, QUEUE_NOTIFY, WINDOW_SIZE};
-use crate::devices::virtio::VirtioDevice;
+use crate::devices::virtio::{BackendEvent, VirtioDevice};
 
 /// A virtio device on its transport, and what wakes it.
 pub struct VirtioSlot {
@@ -69,15 +70,57 @@ pub fn add(
         notifiers: QueueNotifiers {
             transport: transport.clone(),
             fds: queue_fds,
+            watched: Vec::new(),
         },
         transport,
     })
 }
 
-/// The ioeventfds of one device's queues, on the event loop.
+/// Backend sources are numbered from here, queue notifiers from 0.
+const BACKEND_SOURCES: u32 = 1 << 16;
+
+/// The ioeventfds of one device's queues and its backend's descriptors,
+/// on the event loop.
 pub struct QueueNotifiers {
     transport: Arc<Mutex<MmioTransport>>,
     fds: Vec<EventFd>,
+    /// The backend descriptors registered now, as last asked for.
+    watched: Vec<BackendEvent>,
+}
+
+impl QueueNotifiers {
+    fn transport(&self) -> std::sync::MutexGuard<'_, MmioTransport> {
+        self.transport
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Brings the epoll in line with what the backend wants now.
+    fn watch_backend(&mut self, events: &Registrar<'_>) -> std::io::Result<()> {
+        let wanted = self.transport().backend_events();
+        for old in &self.watched {
+            if !wanted.iter().any(|new| new.fd == old.fd) {
+                events.remove(old.fd);
+            }
+        }
+        for new in &wanted {
+            let mut interest = EventSet::empty();
+            if new.readable {
+                interest |= EventSet::IN;
+            }
+            if new.writable {
+                interest |= EventSet::OUT;
+            }
+            let source = BACKEND_SOURCES + new.source;
+            match self.watched.iter().find(|old| old.fd == new.fd) {
+                Some(old) if old == new => {}
+                Some(_) => events.modify(new.fd, source, interest)?,
+                None => events.add(new.fd, source, interest)?,
+            }
+        }
+        self.watched = wanted;
+        Ok(())
+    }
 }
 
 impl EventHandler for QueueNotifiers {
@@ -85,16 +128,20 @@ impl EventHandler for QueueNotifiers {
         for (queue, fd) in self.fds.iter().enumerate() {
             events.add(fd.as_raw_fd(), queue as u32, EventSet::IN)?;
         }
-        Ok(())
+        self.watch_backend(events)
     }
 
-    fn handle(&mut self, source: u32, _: EventSet, _: &Registrar<'_>) -> Option<Command> {
-        let fd = self.fds.get(source as usize)?;
-        let _ = fd.read();
-        self.transport
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .notify(source as u16);
+    fn handle(&mut self, source: u32, _: EventSet, events: &Registrar<'_>) -> Option<Command> {
+        if source >= BACKEND_SOURCES {
+            self.transport().backend_ready(source - BACKEND_SOURCES);
+        } else {
+            let fd = self.fds.get(source as usize)?;
+            let _ = fd.read();
+            self.transport().notify(source as u16);
+        }
+        if let Err(error) = self.watch_backend(events) {
+            log::error!("cannot watch a device backend: {error}");
+        }
         None
     }
 }

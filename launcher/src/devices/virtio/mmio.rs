@@ -152,6 +152,16 @@ impl MmioTransport {
         }
     }
 
+    /// What the device's backend needs waited on (whether or not the
+    /// driver has set the device up: a backend may have to be drained).
+    pub fn backend_events(&self) -> Vec<super::BackendEvent> {
+        self.device.backend_events()
+    }
+
+    pub fn backend_ready(&mut self, source: u32) {
+        self.device.backend_ready(source);
+    }
+
     /// Back to the state after power-on: a guest reset, or status 0.
     pub fn reset(&mut self) {
         if self.active {

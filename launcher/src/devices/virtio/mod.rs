@@ -13,10 +13,12 @@
 
 pub mod block;
 pub mod mmio;
+pub mod net;
 pub mod rng;
 #[cfg(test)]
 pub mod test_support;
 
+use std::os::fd::RawFd;
 use std::sync::Arc;
 
 use virtio_queue::{Queue, QueueT};
@@ -81,6 +83,17 @@ pub enum ActivateError {
     Backend(#[source] std::io::Error),
 }
 
+/// A descriptor of a device's backend (a socket, a tap, a timer) that the
+/// VMM thread waits on, and for what.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BackendEvent {
+    /// The device's own number for it, handed back to `backend_ready`.
+    pub source: u32,
+    pub fd: RawFd,
+    pub readable: bool,
+    pub writable: bool,
+}
+
 /// A virtio device, whichever transport carries it.
 pub trait VirtioDevice: Send {
     /// Its virtio device type ([`device_type`]).
@@ -99,6 +112,14 @@ pub trait VirtioDevice: Send {
     fn queue_notified(&mut self, index: u16);
     /// The driver reset the device: drop the queues, keep the backend.
     fn reset(&mut self);
+    /// What the backend needs waited on now; asked again after every
+    /// event the device handled, since a backend's descriptors and
+    /// interests change (a restarted helper, a full socket).
+    fn backend_events(&self) -> Vec<BackendEvent> {
+        Vec::new()
+    }
+    /// The backend descriptor registered as `source` is ready.
+    fn backend_ready(&mut self, _source: u32) {}
 }
 
 /// What a device with one request queue holds once activated: the queue,
