@@ -38,4 +38,10 @@ ensure_rust() {
         echo "rustc $version is too old: vmpod needs 1.89 or newer (rustup update)." >&2
         exit 1
     fi
+    # The virtio-drivers test guest is built for bare metal.
+    if command -v rustup >/dev/null \
+            && ! rustup target list --installed | grep -qx x86_64-unknown-none; then
+        say "rustup target add x86_64-unknown-none"
+        rustup target add x86_64-unknown-none
+    fi
 }

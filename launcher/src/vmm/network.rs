@@ -144,6 +144,8 @@ fn port_spec(nic: &Nic, protocol: Protocol, forwards_all: bool) -> String {
 
 impl Passt {
     fn new(nic: &Nic, forwards_all: bool) -> Result<Self, NetworkError> {
+        let forwards_all =
+            forwards_all && nic.ports.is_empty() && can_forward_all(&nic.name, raise_file_limit());
         let binary = find_passt().ok_or_else(|| NetworkError::NoPasst {
             nic: nic.name.clone(),
             looked: match std::env::var_os(PASST_ENV) {
@@ -202,7 +204,6 @@ impl Passt {
                 if placed < 0 || libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) < 0 {
                     return Err(std::io::Error::last_os_error());
                 }
-                raise_file_limit();
                 Ok(())
             });
         }
@@ -237,10 +238,13 @@ impl Passt {
     }
 }
 
-/// passt opens a socket per forwarded port (all of them: tens of
-/// thousands); lift the soft descriptor limit to the hard one, and the
-/// hard one too where vmpod may (root). Runs between fork and exec.
-fn raise_file_limit() {
+/// Forwarding every port takes passt a socket per port and protocol
+/// (about 37,000 each outside the ephemeral range): this many descriptors.
+const ALL_PORTS_FILES: u64 = 80_000;
+
+/// The open-file limit vmpod (and so passt) runs with, raised first as far
+/// as it may be: to the hard limit, and past it where vmpod may (root).
+fn raise_file_limit() -> u64 {
     const WANTED: libc::rlim_t = 1 << 18;
     let mut limit = libc::rlimit {
         rlim_cur: 0,
@@ -249,17 +253,34 @@ fn raise_file_limit() {
     // SAFETY: getrlimit/setrlimit only read and write `limit`.
     unsafe {
         if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 {
-            return;
+            return 0;
         }
         let raised = libc::rlimit {
             rlim_cur: WANTED.max(limit.rlim_max),
             rlim_max: WANTED.max(limit.rlim_max),
         };
-        if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) != 0 {
-            limit.rlim_cur = limit.rlim_max;
-            libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
+        if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
+            return raised.rlim_cur;
         }
+        limit.rlim_cur = limit.rlim_max;
+        if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) == 0 {
+            return limit.rlim_cur;
+        }
+        libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit);
+        limit.rlim_cur
     }
+}
+
+/// Whether a NIC that lists no ports can have them all, given the
+/// open-file limit; says what to do when it cannot.
+fn can_forward_all(nic: &str, file_limit: u64) -> bool {
+    if file_limit >= ALL_PORTS_FILES {
+        return true;
+    }
+    log::warn!(
+        "NIC {nic}: the pod's open-file limit ({file_limit}) is too low for passt to forward every port (it needs about {ALL_PORTS_FILES}), so none are forwarded: list the guest's ports in interfaces[].ports, or raise the limit"
+    );
+    false
 }
 
 /// passt's messages into vmpod's log, under the NIC's name (without its
@@ -392,6 +413,12 @@ mod tests {
         ];
         assert_eq!(port_spec(&nic, Protocol::Tcp, true), "80,443");
         assert_eq!(port_spec(&nic, Protocol::Udp, true), "53");
+    }
+
+    #[test]
+    fn all_ports_only_where_the_file_limit_allows() {
+        assert!(can_forward_all("default", ALL_PORTS_FILES));
+        assert!(!can_forward_all("default", 20_000));
     }
 
     #[test]

@@ -225,6 +225,7 @@ impl MmioTransport {
                     queue.set_size(value as u16);
                 }
             }
+            QUEUE_READY if value == 0 && self.status & status::DRIVER_OK != 0 => self.stop_queue(),
             QUEUE_READY => {
                 if let Some(queue) = self.selected_queue() {
                     queue.set_ready(value == 1);
@@ -277,6 +278,26 @@ impl MmioTransport {
         self.status = value;
         if added & status::DRIVER_OK != 0 && self.status & status::FEATURES_OK != 0 {
             self.activate();
+        }
+    }
+
+    /// The driver stops using a live queue (section 4.2.2.2: it writes 0
+    /// to QueueReady and reads it back, as drivers do before a reset).
+    /// The device stops using all its queues at once, so nothing is ever
+    /// written into buffers the driver may already have freed.
+    fn stop_queue(&mut self) {
+        let Some(queue) = self.queues.get_mut(self.queue_select as usize) else {
+            return;
+        };
+        queue.set_ready(false);
+        if self.active {
+            log::debug!(
+                "virtio device type {}: the driver stopped queue {}; the device stops",
+                self.device.device_type(),
+                self.queue_select
+            );
+            self.device.reset();
+            self.active = false;
         }
     }
 

@@ -211,3 +211,24 @@ fn odd_widths_and_offsets_are_harmless() {
     f.write(CONFIG + 8, 9);
     assert_eq!(f.log(), ["config 8"]);
 }
+
+#[test]
+fn a_driver_stopping_a_live_queue_reads_zero_back_and_the_device_stops() {
+    // virtio-drivers does this before a reset and spins until it reads 0.
+    let mut f = fixture();
+    f.set_up(VIRTIO_F_VERSION_1);
+    f.write(STATUS, DRIVER_READY);
+    f.write(QUEUE_SEL, 0);
+    f.write(QUEUE_READY, 0);
+    assert_eq!(f.read(QUEUE_READY), 0);
+    assert_eq!(f.log().last().map(String::as_str), Some("reset"));
+    f.transport.notify(0);
+    assert_eq!(
+        f.log().last().map(String::as_str),
+        Some("reset"),
+        "no more notifications"
+    );
+    // Re-enabling a queue while live is still ignored (section 4.2.3.2).
+    f.write(QUEUE_READY, 1);
+    assert_eq!(f.read(QUEUE_READY), 0);
+}
