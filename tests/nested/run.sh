@@ -41,7 +41,7 @@ copy_with_libraries() {
 copy_with_libraries "$vmpod" vmpod
 mkdir -p "$root/usr/bin"
 copy_with_libraries "$(command -v passt)" usr/bin/passt
-if grep -q " qemu " "$root/scenarios"; then
+if grep -qE " qemu(io)? " "$root/scenarios"; then
     mkdir -p "$root/usr/bin" "$root/qemu"
     copy_with_libraries /usr/bin/qemu-system-x86_64 usr/bin/qemu-system-x86_64
     cp /usr/share/qemu/bios-microvm.bin /usr/share/qemu/linuxboot_dma.bin /usr/share/qemu/kvmvapic.bin "$root/qemu/"
