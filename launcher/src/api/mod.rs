@@ -135,39 +135,54 @@ impl SharedStatus {
 }
 
 /// What happened to the VM, in QMP's event names.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Event {
     Stop,
     Resume,
     Reset,
     Powerdown,
     Shutdown,
+    /// A disk's backend failed a guest request (the guest saw an I/O error).
+    BlockIoError(BlockIoError),
+}
+
+/// What QMP's BLOCK_IO_ERROR says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BlockIoError {
+    /// The disk's name in the definition.
+    pub device: String,
+    /// "read" or "write" (flushes, discards and zeroing count as writes).
+    pub operation: &'static str,
+    /// Whether the backend ran out of space.
+    pub nospace: bool,
+    pub reason: String,
 }
 
 impl Event {
-    pub fn qmp_name(self) -> &'static str {
+    pub fn qmp_name(&self) -> &'static str {
         match self {
             Event::Stop => "STOP",
             Event::Resume => "RESUME",
             Event::Reset => "RESET",
             Event::Powerdown => "POWERDOWN",
             Event::Shutdown => "SHUTDOWN",
+            Event::BlockIoError(_) => "BLOCK_IO_ERROR",
         }
     }
 
     /// The status this event says the VM has just reached, if any.
-    pub fn status_reached(self) -> Option<Status> {
+    pub fn status_reached(&self) -> Option<Status> {
         match self {
             Event::Stop => Some(Status::Paused),
             Event::Resume => Some(Status::Running),
             Event::Shutdown => Some(Status::Shutdown),
-            Event::Reset | Event::Powerdown => None,
+            Event::Reset | Event::Powerdown | Event::BlockIoError(_) => None,
         }
     }
 }
 
 /// An event and when it happened.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct Timed {
     pub event: Event,
     pub at: SystemTime,

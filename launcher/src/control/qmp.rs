@@ -299,10 +299,25 @@ impl QmpClient {
             let since_epoch = event.at.duration_since(UNIX_EPOCH).unwrap_or_default();
             self.send(&json!({
                 "event": event.event.qmp_name(),
-                "data": {},
+                "data": event_data(&event.event),
                 "timestamp": { "seconds": since_epoch.as_secs(), "microseconds": since_epoch.subsec_micros() },
             }));
         }
+    }
+}
+
+/// An event's `data`, as QEMU shapes it.
+fn event_data(event: &crate::api::Event) -> Value {
+    match event {
+        crate::api::Event::BlockIoError(error) => json!({
+            "device": error.device,
+            "node-name": error.device,
+            "operation": error.operation,
+            "action": "report",
+            "nospace": error.nospace,
+            "reason": error.reason,
+        }),
+        _ => json!({}),
     }
 }
 

@@ -265,6 +265,26 @@ fn events_reach_only_negotiated_clients_with_a_timestamp() {
 }
 
 #[test]
+fn a_disk_failure_is_a_block_io_error_event_in_qemus_shape() {
+    let mut session = Session::negotiated();
+    session
+        .client
+        .send_event(&Timed::now(Event::BlockIoError(crate::api::BlockIoError {
+            device: "data".into(),
+            operation: "write",
+            nospace: true,
+            reason: "No space left on device (os error 28)".into(),
+        })));
+    let event = &session.replies()[0];
+    assert_eq!(event["event"], "BLOCK_IO_ERROR");
+    assert_eq!(
+        event["data"],
+        json!({"device": "data", "node-name": "data", "operation": "write", "action": "report",
+               "nospace": true, "reason": "No space left on device (os error 28)"})
+    );
+}
+
+#[test]
 fn query_block_lists_the_attached_disks_in_qemus_shape() {
     let mut session = Session::negotiated();
     session.send(br#"{"execute":"query-block"}"#);

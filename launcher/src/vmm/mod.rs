@@ -164,6 +164,7 @@ pub fn run(kvm: &Kvm, config: &VmConfig, io: VmmIo) -> Result<Outcome, VmmError>
         config,
         &io.scratch_dir,
         &io.block_devices,
+        &io.events,
         &mut platform.devices,
         &guest_memory,
     )?;
@@ -255,6 +256,7 @@ fn add_virtio_devices(
     config: &VmConfig,
     scratch: &std::path::Path,
     block_devices: &crate::api::SharedBlockDevices,
+    events: &EventSender,
     devices: &mut device_manager::DeviceManager,
     memory: &Arc<GuestMemoryMmap>,
 ) -> Result<Vec<virtio::VirtioSlot>, VmmError> {
@@ -279,12 +281,15 @@ fn add_virtio_devices(
             readonly: opened.readonly,
             size_bytes,
         });
-        let block = Box::new(crate::devices::virtio::block::Block::new(
-            &opened.name,
-            opened.image,
-            opened.readonly,
-            opened.serial.as_deref(),
-        ));
+        let block = Box::new(
+            crate::devices::virtio::block::Block::new(
+                &opened.name,
+                opened.image,
+                opened.readonly,
+                opened.serial.as_deref(),
+            )
+            .with_events(events.clone()),
+        );
         let name = format!("virtio-blk {}", opened.name);
         slots.push(virtio::add(
             devices,

@@ -12,6 +12,7 @@ pub mod request;
 
 use virtio_queue::QueueT;
 
+use crate::api::{BlockIoError, Event, EventSender, Timed};
 use crate::images::DiskImage;
 
 use super::{device_type, log_bad_request, ActivateError, Activation, SingleQueue, VirtioDevice};
@@ -38,6 +39,8 @@ pub struct Block {
     active: Option<SingleQueue>,
     bad_requests: u64,
     io_errors: u64,
+    /// Where backend failures are reported (QMP's BLOCK_IO_ERROR).
+    events: Option<EventSender>,
 }
 
 impl Block {
@@ -63,7 +66,14 @@ impl Block {
             active: None,
             bad_requests: 0,
             io_errors: 0,
+            events: None,
         }
+    }
+
+    /// Reports backend failures to `events`, as often as they are logged.
+    pub fn with_events(mut self, events: EventSender) -> Self {
+        self.events = Some(events);
+        self
     }
 
     /// The configuration space (virtio 1.2, 5.2.4): capacity in sectors,
@@ -111,6 +121,14 @@ impl Block {
                 self.io_errors += 1;
                 if self.io_errors <= 4 || self.io_errors.is_power_of_two() {
                     log::error!("disk {}: I/O error, the guest sees it as one: {error} (I/O errors so far: {})", self.name, self.io_errors);
+                    if let Some(events) = &self.events {
+                        events.send(Timed::now(Event::BlockIoError(BlockIoError {
+                            device: self.name.clone(),
+                            operation: outcome.operation,
+                            nospace: error.raw_os_error() == Some(libc::ENOSPC),
+                            reason: error.to_string(),
+                        })));
+                    }
                 }
             }
             if let Err(error) = active.queue.add_used(memory, head, outcome.written) {

@@ -53,6 +53,8 @@ pub struct Outcome {
     pub malformed: Option<String>,
     /// Why it failed, when the backend failed.
     pub io_error: Option<std::io::Error>,
+    /// "read" for reads, "write" for everything that changes the disk.
+    pub operation: &'static str,
 }
 
 fn done(written: usize) -> Outcome {
@@ -60,6 +62,7 @@ fn done(written: usize) -> Outcome {
         written: written as u32,
         malformed: None,
         io_error: None,
+        operation: "read",
     }
 }
 
@@ -73,6 +76,7 @@ pub fn serve(
         written: 0,
         malformed: Some(why),
         io_error: None,
+        operation: "read",
     };
     let (mut reader, mut writer) = match (
         Reader::new(memory, chain.clone()),
@@ -97,12 +101,24 @@ pub fn serve(
         let kind = u32::from_le_bytes([header[0], header[1], header[2], header[3]]);
         let mut sector = [0u8; 8];
         sector.copy_from_slice(&header[8..]);
-        execute(
+        let (status, outcome) = execute(
             kind,
             u64::from_le_bytes(sector),
             &mut reader,
             &mut writer,
             disk,
+        );
+        let operation = if kind == IN || kind == GET_ID {
+            "read"
+        } else {
+            "write"
+        };
+        (
+            status,
+            Outcome {
+                operation,
+                ..outcome
+            },
         )
     };
     if status.write_all(&[status_byte]).is_err() {
@@ -142,6 +158,7 @@ fn execute(
                 written: 0,
                 malformed: Some(why),
                 io_error: None,
+                operation: "read",
             },
         )
     };
@@ -152,6 +169,7 @@ fn execute(
                 written: 0,
                 malformed: None,
                 io_error: Some(error),
+                operation: "read",
             },
         )
     };
