@@ -50,6 +50,22 @@ fn raw_with_pattern(path: &Path, size: u64) -> Vec<u8> {
     bytes
 }
 
+/// A 2 MiB patterned raw image at `raw`, and `qemu-img convert -c` of it
+/// at `compressed`; the pattern, or `None` where qemu-img is missing.
+fn compressed_image(test: &str, raw: &Path, compressed: &Path) -> Option<Vec<u8>> {
+    let pattern = raw_with_pattern(raw, 2 * MIB);
+    let args = [
+        "convert",
+        "-q",
+        "-c",
+        "-O",
+        "qcow2",
+        text(raw),
+        text(compressed),
+    ];
+    qemu(test, "qemu-img", &args).map(|_| pattern)
+}
+
 #[test]
 fn a_raw_disk_reads_writes_zeroes_and_discards() {
     let scratch = Scratch::new("images-raw");
@@ -158,19 +174,9 @@ fn compressed_clusters_read_back_as_the_original() {
     let scratch = Scratch::new("images-compressed");
     let raw = scratch.0.join("plain.raw");
     let compressed = scratch.0.join("packed.qcow2");
-    let pattern = raw_with_pattern(&raw, 2 * MIB);
-    let args = [
-        "convert",
-        "-q",
-        "-c",
-        "-O",
-        "qcow2",
-        text(&raw),
-        text(&compressed),
-    ];
-    if qemu(test, "qemu-img", &args).is_none() {
+    let Some(pattern) = compressed_image(test, &raw, &compressed) else {
         return;
-    }
+    };
     let packed = std::fs::metadata(&compressed).expect("meta").len();
     assert!(packed < 2 * MIB, "qemu-img did compress: {packed} bytes");
     let mut disk = images::open(&compressed, false).expect("open");
@@ -253,19 +259,9 @@ fn an_overlay_over_a_qcow2_base_reads_the_base_and_leaves_it_alone() {
     let scratch = Scratch::new("images-overlay-qcow2");
     let raw = scratch.0.join("plain.raw");
     let base = scratch.0.join("disk.qcow2");
-    let pattern = raw_with_pattern(&raw, 2 * MIB);
-    let args = [
-        "convert",
-        "-q",
-        "-c",
-        "-O",
-        "qcow2",
-        text(&raw),
-        text(&base),
-    ];
-    if qemu(test, "qemu-img", &args).is_none() {
+    let Some(pattern) = compressed_image(test, &raw, &base) else {
         return;
-    }
+    };
     let before = std::fs::read(&base).expect("base");
     let mut disk = images::create_overlay(&base, &scratch.0.join("o.qcow2")).expect("overlay");
     assert_eq!(read(&mut *disk, 0, (2 * MIB) as usize), pattern);

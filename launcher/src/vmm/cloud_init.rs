@@ -114,6 +114,31 @@ mod tests {
     use super::*;
     use std::io::Read;
 
+    /// The seed's volume label, and a reader of its files by path.
+    fn read_back(path: &Path) -> (String, impl Fn(&str) -> String) {
+        let image = std::fs::read(path).expect("read the image");
+        let label =
+            fatfs::FileSystem::new(std::io::Cursor::new(image.clone()), fatfs::FsOptions::new())
+                .expect("FAT")
+                .volume_label();
+        let read = move |name: &str| {
+            let filesystem = fatfs::FileSystem::new(
+                std::io::Cursor::new(image.clone()),
+                fatfs::FsOptions::new(),
+            )
+            .expect("FAT");
+            let mut text = String::new();
+            filesystem
+                .root_dir()
+                .open_file(name)
+                .expect(name)
+                .read_to_string(&mut text)
+                .expect("read");
+            text
+        };
+        (label, read)
+    }
+
     #[test]
     fn the_seed_holds_the_label_and_the_files() {
         let path = std::env::temp_dir().join(format!("vmpod-cidata-{}.img", std::process::id()));
@@ -129,26 +154,14 @@ mod tests {
             },
         )
         .expect("built");
-        let mut image = std::fs::File::open(&path).expect("open");
-        let filesystem = fatfs::FileSystem::new(&mut image, fatfs::FsOptions::new()).expect("FAT");
-        assert_eq!(filesystem.volume_label(), "cidata");
-        let read = |name: &str| {
-            let mut text = String::new();
-            filesystem
-                .root_dir()
-                .open_file(name)
-                .expect(name)
-                .read_to_string(&mut text)
-                .expect("read");
-            text
-        };
+        let (volume_label, read) = read_back(&path);
+        assert_eq!(volume_label, "cidata");
         assert_eq!(
             read("meta-data"),
             "instance-id: 7b0cbe33-0000-5000-8000-000000000000\nlocal-hostname: web\n"
         );
         assert_eq!(read("user-data"), user_data);
         assert_eq!(read("network-config"), "version: 2\n");
-        drop(filesystem);
         std::fs::remove_file(&path).ok();
     }
 
@@ -166,19 +179,8 @@ mod tests {
             },
         )
         .expect("built");
-        let mut image = std::fs::File::open(&path).expect("open");
-        let filesystem = fatfs::FileSystem::new(&mut image, fatfs::FsOptions::new()).expect("FAT");
-        assert_eq!(filesystem.volume_label(), "config-2");
-        let read = |name: &str| {
-            let mut text = String::new();
-            filesystem
-                .root_dir()
-                .open_file(name)
-                .expect(name)
-                .read_to_string(&mut text)
-                .expect("read");
-            text
-        };
+        let (volume_label, read) = read_back(&path);
+        assert_eq!(volume_label, "config-2");
         let meta: serde_json::Value =
             serde_json::from_str(&read("openstack/latest/meta_data.json")).expect("JSON");
         assert_eq!(meta["uuid"], "7b0cbe33-0000-5000-8000-000000000000");
@@ -188,7 +190,6 @@ mod tests {
             read("openstack/latest/network_data.json"),
             r#"{"links": []}"#
         );
-        drop(filesystem);
         std::fs::remove_file(&path).ok();
     }
 }

@@ -33,6 +33,18 @@ pub fn log_bad_request(count: &mut u64, device: &str, what: impl std::fmt::Displ
     }
 }
 
+/// Reads `data.len()` bytes of a configuration space at `offset`; bytes
+/// past its end read as zero.
+pub fn read_config_bytes(config: &[u8], offset: u64, data: &mut [u8]) {
+    for (index, byte) in data.iter_mut().enumerate() {
+        *byte = usize::try_from(offset)
+            .ok()
+            .and_then(|offset| offset.checked_add(index))
+            .and_then(|at| config.get(at).copied())
+            .unwrap_or(0);
+    }
+}
+
 /// Device types (virtio 1.2, section 5).
 pub mod device_type {
     pub const NET: u32 = 1;

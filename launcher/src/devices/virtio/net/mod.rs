@@ -333,14 +333,7 @@ impl VirtioDevice for Net {
     }
 
     fn read_config(&self, offset: u64, data: &mut [u8]) {
-        let config = self.config();
-        for (index, byte) in data.iter_mut().enumerate() {
-            *byte = usize::try_from(offset)
-                .ok()
-                .and_then(|offset| offset.checked_add(index))
-                .and_then(|at| config.get(at).copied())
-                .unwrap_or(0);
-        }
+        super::read_config_bytes(&self.config(), offset, data);
     }
 
     fn write_config(&mut self, _offset: u64, _data: &[u8]) {} // the MAC is the definition's
