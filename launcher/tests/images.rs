@@ -323,3 +323,46 @@ fn a_corrupt_qcow2_header_is_an_error_not_a_panic() {
     assert!(matches!(error, ImageError::Qcow2 { .. }), "{error}");
     assert!(error.to_string().contains("bad.qcow2"), "{error}");
 }
+
+#[test]
+fn a_full_file_system_is_an_io_error_at_run_time_and_a_clear_one_for_an_overlay() {
+    let test = "a_full_file_system_is_an_io_error_at_run_time_and_a_clear_one_for_an_overlay";
+    let scratch = Scratch::new("images-full");
+    let full = scratch.0.join("full");
+    std::fs::create_dir_all(&full).expect("mkdir");
+    // A 256 KiB file system (root only), then a disk bigger than it.
+    let mounted = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=256k", "tmpfs"])
+        .arg(&full)
+        .status();
+    if !mounted.is_ok_and(|status| status.success()) {
+        return not_here(test, "cannot mount a small tmpfs (needs root)");
+    }
+    let unmount = || {
+        let status = Command::new("umount").arg(&full).status();
+        assert!(
+            status.is_ok_and(|s| s.success()),
+            "umount {}",
+            full.display()
+        );
+    };
+    let disk = full.join("disk.img");
+    std::fs::File::create(&disk)
+        .and_then(|file| file.set_len(4 * MIB))
+        .expect("a sparse disk fits");
+    let mut image = images::open(&disk, true).expect("open");
+    let block = vec![0x77u8; 65536];
+    let failed = (0..64).find_map(|index| image.write_at(&block, index * 65536).err());
+    let base = scratch.0.join("base.raw");
+    raw_with_pattern(&base, MIB);
+    let overlay = images::create_overlay(&base, &full.join("root.overlay.qcow2"));
+    drop(image);
+    unmount();
+    let error = failed.expect("a 4 MiB disk on a 256 KiB file system fills it");
+    assert_eq!(error.raw_os_error(), Some(libc::ENOSPC), "{error}");
+    let message = overlay.expect_err("no room for the overlay").to_string();
+    assert!(
+        message.contains("root.overlay.qcow2") && message.contains("has room"),
+        "{message}"
+    );
+}

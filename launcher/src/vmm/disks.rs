@@ -19,7 +19,7 @@ use crate::spec::quantity::format_bytes;
 
 #[derive(Debug, thiserror::Error)]
 pub enum DiskError {
-    #[error("disk {disk}: {source}; check that the volume is mounted there and readable{}", if *writable { " and writable (or mark the disk readonly)" } else { "" })]
+    #[error("disk {disk}: {source}{}", advice(source, *writable))]
     Image {
         disk: String,
         writable: bool,
@@ -49,6 +49,16 @@ pub enum DiskError {
         path: PathBuf,
         problem: String,
     },
+}
+
+/// What to do about a file that would not open (other image errors say
+/// what to do themselves).
+fn advice(error: &ImageError, writable: bool) -> &'static str {
+    match (error, writable) {
+        (ImageError::Open { .. }, true) => "; check that the volume is mounted there and readable and writable (or mark the disk readonly)",
+        (ImageError::Open { .. }, false) => "; check that the volume is mounted there and readable",
+        _ => "",
+    }
 }
 
 /// A disk's image, ready for virtio-blk.
