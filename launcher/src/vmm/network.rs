@@ -190,10 +190,10 @@ impl Passt {
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
-        // SAFETY: between fork and exec only async-signal-safe calls: dup2
-        // puts passt's end at descriptor 3 without close-on-exec (fcntl
-        // clears it when it is there already), prctl makes passt die with
-        // vmpod.
+        // Between fork and exec: dup2 puts passt's end at descriptor 3
+        // without close-on-exec (fcntl clears it when it is there already),
+        // prctl makes passt die with vmpod.
+        // SAFETY: the closure makes only async-signal-safe calls.
         unsafe {
             command.pre_exec(move || {
                 let placed = if theirs_fd == 3 {
