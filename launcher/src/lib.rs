@@ -10,6 +10,7 @@
 pub mod api;
 pub mod control;
 pub mod devices;
+pub mod diskboot;
 pub mod helpers;
 pub mod images;
 pub mod launch;

@@ -5,6 +5,7 @@
 //! Exit status: 0 success, 1 runtime failure, 2 bad definition or usage.
 
 mod cli;
+mod inspect;
 
 use clap::{Parser, Subcommand, ValueEnum};
 use std::ffi::OsString;
@@ -23,6 +24,7 @@ In a pod, the image's entrypoint runs `vmpod launch`. Reach the VM with:
 Check a definition before deploying it:
   vmpod validate vm.yaml       every problem, with its YAML path
   vmpod render vm.yaml         the VM vmpod would build from it
+  vmpod inspect-disk disk.img  what vmpod would boot from a disk image
 
 Set VMPOD_LOG=debug for more detail.";
 
@@ -85,6 +87,13 @@ enum Command {
         name: Option<String>,
         #[arg(long, short = 'o', value_enum, default_value_t = Format::Yaml)]
         output: Format,
+    },
+    /// Show what vmpod finds on a disk image and would boot from it:
+    /// partitions, file systems, boot entries, kernel, initrd and command line
+    InspectDisk {
+        /// A raw or qcow2 disk image (a cloud image, a containerDisk's file)
+        #[arg(value_name = "IMAGE")]
+        image: PathBuf,
     },
     /// Attach to the VM's serial console (also as /vm/serial)
     Serial {
@@ -186,6 +195,7 @@ fn main() -> ExitCode {
         }
         Command::Validate { files, quiet } => cli::validate(&files, quiet),
         Command::Render { file, name, output } => cli::render(&file, name.as_deref(), output),
+        Command::InspectDisk { image } => inspect::inspect_disk(&image),
         Command::Serial { run_dir, escape } => {
             relay_result(vmpod::helpers::serial::attach(&run_dir, escape.0))
         }

@@ -151,3 +151,49 @@ pub fn create_overlay(base: &Path, overlay: &Path) -> Result<Box<dyn DiskImage>,
         &base, format, size, overlay,
     )?))
 }
+
+/// One image used by two owners on the VMM thread: the guest's virtio-blk
+/// device, and vmpod's boot loader, which reads the boot disk's `/boot`
+/// before each boot, so that a kernel the guest installed in its overlay
+/// is the one that boots next.
+#[derive(Clone, Debug)]
+pub struct Shared(std::sync::Arc<std::sync::Mutex<Box<dyn DiskImage>>>);
+
+impl Shared {
+    pub fn new(image: Box<dyn DiskImage>) -> Self {
+        Self(std::sync::Arc::new(std::sync::Mutex::new(image)))
+    }
+
+    fn image(&self) -> std::sync::MutexGuard<'_, Box<dyn DiskImage>> {
+        // A panic while holding it cannot leave the image half-updated in
+        // a way a later read would misreport: the format keeps its own
+        // consistency, so carry on with what is there.
+        self.0
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+impl DiskImage for Shared {
+    fn size(&self) -> u64 {
+        self.image().size()
+    }
+    fn read_at(&mut self, buf: &mut [u8], offset: u64) -> io::Result<()> {
+        self.image().read_at(buf, offset)
+    }
+    fn write_at(&mut self, buf: &[u8], offset: u64) -> io::Result<()> {
+        self.image().write_at(buf, offset)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.image().flush()
+    }
+    fn write_zeroes(&mut self, offset: u64, len: u64) -> io::Result<()> {
+        self.image().write_zeroes(offset, len)
+    }
+    fn discard(&mut self, offset: u64, len: u64) -> io::Result<()> {
+        self.image().discard(offset, len)
+    }
+    fn format(&self) -> Format {
+        self.image().format()
+    }
+}

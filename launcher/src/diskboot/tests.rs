@@ -1,0 +1,1 @@
+//! Boot-configuration tests with real-shaped files.
