@@ -176,7 +176,7 @@ fn validate_prints_every_problem_and_exits_2() {
     assert_eq!(output.status.code(), Some(2));
     let err = stderr(&output);
     assert!(
-        err.contains("VirtualMachine lab/fedora-web: 4 problems"),
+        err.contains("VirtualMachine lab/fedora-web: 3 problems"),
         "{err}"
     );
     assert!(

@@ -21,7 +21,7 @@ pub struct VmConfig {
     /// The container memory limit the definition asks for, if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub memory_limit_bytes: Option<u64>,
-    pub boot: KernelBoot,
+    pub boot: Boot,
     #[serde(default)]
     pub disks: Vec<Disk>,
     #[serde(default)]
@@ -212,6 +212,24 @@ impl VmConfig {
             Err(problems)
         }
     }
+}
+
+/// What the VM boots.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "from", rename_all = "camelCase")]
+pub enum Boot {
+    /// A kernel file in the pod (KubeVirt's firmware.kernelBoot).
+    Kernel(KernelBoot),
+    /// The kernel, initrd and command line the boot disk's own
+    /// configuration names, read by vmpod before every boot.
+    Disk(DiskBoot),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct DiskBoot {
+    /// The name of the disk booted from.
+    pub disk: String,
 }
 
 /// A Linux kernel booted directly (KubeVirt's firmware.kernelBoot).

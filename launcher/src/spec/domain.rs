@@ -198,15 +198,15 @@ pub(super) fn read_memory(
     Some(bytes.div_ceil(PAGE_SIZE) * PAGE_SIZE)
 }
 
-/// Firmware: (UUID if given, serial, kernel boot).
-pub(super) type Firmware = (Option<uuid::Uuid>, Option<String>, KernelBoot);
+/// Firmware: (UUID if given, serial, kernel boot if given).
+pub(super) type Firmware = (Option<uuid::Uuid>, Option<String>, Option<KernelBoot>);
 
 pub(super) fn read_firmware(domain: &mut Object, diag: &mut Diagnostics) -> Option<Firmware> {
-    let firmware_path = join(domain.path(), "firmware");
     let mut firmware = domain.object("firmware", diag);
     let mut uuid = None;
     let mut serial = None;
     let mut boot = None;
+    let mut valid = true;
     if let Some(firmware) = firmware.as_mut() {
         if let Some(field) = firmware.field("uuid") {
             let text = field.string(diag).unwrap_or_default();
@@ -216,29 +216,50 @@ pub(super) fn read_firmware(domain: &mut Object, diag: &mut Diagnostics) -> Opti
             }
         }
         serial = read_firmware_serial(firmware, diag);
-        boot = firmware
-            .object("kernelBoot", diag)
-            .map(|kernel_boot| read_kernel_boot(kernel_boot, diag));
-        firmware.reject(
-            "bootloader",
-            "vmpod has no BIOS or UEFI firmware; boot a kernel with firmware.kernelBoot",
-            diag,
-        );
+        if let Some(kernel_boot) = firmware.object("kernelBoot", diag) {
+            boot = read_kernel_boot(kernel_boot, diag);
+            valid = boot.is_some();
+        }
+        if let Some(bootloader) = firmware.object("bootloader", diag) {
+            read_bootloader(bootloader, boot.is_some(), diag);
+        }
         firmware.reject("acpi", "vmpod writes its own ACPI tables", diag);
     }
     if let Some(firmware) = firmware {
         firmware.finish(diag);
     }
-    match boot {
-        Some(boot) => Some((uuid, serial, boot?)),
-        None => {
-            diag.problem(
-                &join(&firmware_path, "kernelBoot"),
-                "required: vmpod boots a Linux kernel directly (it has no BIOS or UEFI firmware); set kernelBoot.container.kernelPath",
+    valid.then_some((uuid, serial, boot))
+}
+
+/// `bootloader.bios` or `.efi`: vmpod runs no firmware, but boots the
+/// disk's kernel as the firmware's bootloader would; Secure Boot, which
+/// it cannot enforce, is refused when asked for.
+fn read_bootloader(mut bootloader: Object, kernel_boot: bool, diag: &mut Diagnostics) {
+    let note = if kernel_boot {
+        "kernelBoot takes precedence: vmpod boots that kernel and runs no firmware"
+    } else {
+        "vmpod runs no firmware: it boots the kernel that the boot disk's own configuration names (BLS, extlinux, grub.cfg), directly"
+    };
+    bootloader.ignore("bios", note, diag);
+    if let Some(mut efi) = bootloader.object("efi", diag) {
+        diag.ignore(efi.path(), note);
+        if let Some(field) = efi.field("secureBoot") {
+            if field.bool(diag) == Some(true) {
+                diag.problem(
+                    &field.path,
+                    "not supported by vmpod (it boots the disk's kernel directly and cannot verify signatures); set secureBoot: false",
+                );
+            }
+        } else if !kernel_boot {
+            diag.ignore(
+                &join(efi.path(), "secureBoot"),
+                "KubeVirt enables Secure Boot by default for efi, but vmpod cannot verify signatures: the kernel boots unverified (set secureBoot: false to say so)",
             );
-            None
         }
+        efi.ignore("persistent", "vmpod keeps no EFI variables", diag);
+        efi.finish(diag);
     }
+    bootloader.finish(diag);
 }
 
 fn read_firmware_serial(firmware: &mut Object, diag: &mut Diagnostics) -> Option<String> {
@@ -260,7 +281,7 @@ fn read_firmware_serial(firmware: &mut Object, diag: &mut Diagnostics) -> Option
     Some(serial)
 }
 
-fn read_kernel_boot(mut kernel_boot: Object, diag: &mut Diagnostics) -> Option<KernelBoot> {
+pub(super) fn read_kernel_boot(mut kernel_boot: Object, diag: &mut Diagnostics) -> Option<KernelBoot> {
     let cmdline = match kernel_boot.field("kernelArgs") {
         Some(field) => read_cmdline(&field, diag),
         None => Some(DEFAULT_CMDLINE.to_owned()),

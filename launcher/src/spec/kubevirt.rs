@@ -7,7 +7,9 @@
 use serde_norway::Value;
 use std::collections::BTreeMap;
 
-use super::config::{Identity, RunStrategy, UuidSource, VmConfig};
+use super::config::{
+    Boot, Disk, DiskBoot, DiskSource, Identity, KernelBoot, RunStrategy, UuidSource, VmConfig,
+};
 use super::doc::{join, quote, Diagnostics, Field, Object};
 use super::domain::{read_cpu, read_domain_extras, read_firmware, read_memory, read_resources};
 use super::identity;
@@ -290,6 +292,8 @@ fn read_instance_spec(
         ),
     };
     let disks = volumes::attach_volumes(&device_refs.disks, volumes, diag);
+    let domain_path = join(&spec_path, "domain");
+    let boot = choose_boot(boot, &disks, &domain_path, diag);
     let nics = devices::attach_networks(&device_refs, networks, &uuid, diag);
     let config = VmConfig {
         identity: Identity {
@@ -306,7 +310,7 @@ fn read_instance_spec(
         cpu: cpu?,
         memory_bytes: memory_bytes?,
         memory_limit_bytes: resources.memory_limit,
-        boot,
+        boot: boot?,
         disks,
         nics,
         rng: device_refs.rng,
@@ -323,6 +327,42 @@ fn read_instance_spec(
         return None;
     }
     Some(config)
+}
+
+/// `kernelBoot` when given; otherwise the disk with the lowest
+/// `bootOrder`, else the first disk that is not a cloud-init seed.
+fn choose_boot(
+    kernel: Option<KernelBoot>,
+    disks: &[Disk],
+    domain_path: &str,
+    diag: &mut Diagnostics,
+) -> Option<Boot> {
+    if let Some(kernel) = kernel {
+        return Some(Boot::Kernel(kernel));
+    }
+    let seed = |disk: &&Disk| {
+        matches!(
+            disk.source,
+            DiskSource::CloudInitNoCloud { .. } | DiskSource::CloudInitConfigDrive { .. }
+        )
+    };
+    let chosen = disks
+        .iter()
+        .filter(|disk| disk.boot_order.is_some())
+        .min_by_key(|disk| disk.boot_order)
+        .or_else(|| disks.iter().find(|disk| !seed(disk)));
+    match chosen {
+        Some(disk) => Some(Boot::Disk(DiskBoot {
+            disk: disk.name.clone(),
+        })),
+        None => {
+            diag.problem(
+                &join(domain_path, "firmware.kernelBoot"),
+                "required when the VM has no disk to boot from: give it a disk holding a Linux image (a containerDisk or PVC), or set kernelBoot.container.kernelPath",
+            );
+            None
+        }
+    }
 }
 
 fn read_hostname(spec: &mut Object, vm_name: &str, diag: &mut Diagnostics) -> String {

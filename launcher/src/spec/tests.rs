@@ -1,6 +1,7 @@
 //! Whole-document tests of the spec reader: defaults, cross-checks, and
 //! inputs that must fail cleanly. Per-file corpora live in `launcher/tests/`.
 
+use crate::spec::config::Boot;
 use super::config::{DiskSource, NicBinding, RunStrategy, UuidSource};
 use super::*;
 
@@ -51,7 +52,10 @@ fn minimal_instance_gets_kubevirt_defaults() {
     assert_eq!(config.run_strategy, RunStrategy::Once);
     assert_eq!(config.cpu.vcpus(), 1);
     assert_eq!(config.memory_bytes, 64 << 20);
-    assert_eq!(config.boot.cmdline, "console=ttyS0");
+    let Boot::Kernel(kernel) = &config.boot else {
+        panic!("a kernel boot: {:?}", config.boot)
+    };
+    assert_eq!(kernel.cmdline, "console=ttyS0");
     assert_eq!(config.termination_grace_period_seconds, 180);
     assert!(config.graphics && config.serial_console && !config.rng);
     assert_eq!(
@@ -157,7 +161,7 @@ spec:
         cpu: {cores: 0}
         memory: {guest: 12Q}
         devices: {gpus: []}
-        firmware: {bootloader: {efi: {}}}
+        firmware: {bootloader: {efi: {secureBoot: true}}}
 ";
     let found = problems(text);
     let expected = [
@@ -166,8 +170,8 @@ spec:
         "spec.template.spec.domain.cpu.cores: must be at least 1",
         "spec.template.spec.domain.memory.guest: \"12Q\" is not a Kubernetes quantity",
         "spec.template.spec.domain.devices.gpus: not supported by vmpod",
-        "spec.template.spec.domain.firmware.bootloader: not supported by vmpod",
-        "spec.template.spec.domain.firmware.kernelBoot: required",
+        "spec.template.spec.domain.firmware.bootloader.efi.secureBoot: not supported by vmpod",
+        "spec.template.spec.domain.firmware.kernelBoot: required when the VM has no disk to boot from",
     ];
     for want in expected {
         assert!(

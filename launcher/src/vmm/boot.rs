@@ -76,10 +76,38 @@ pub enum Entry {
     Linux64 { entry: u64, boot_params: u64 },
 }
 
+/// A kernel or initrd: a file in the pod, or one staged in memory from
+/// the boot disk (named for errors by where it came from).
+#[derive(Clone, Copy)]
+pub enum BootFile<'a> {
+    Path(&'a Path),
+    Staged { name: &'a Path, file: &'a File },
+}
+
+impl BootFile<'_> {
+    pub fn name(&self) -> &Path {
+        match self {
+            BootFile::Path(path) => path,
+            BootFile::Staged { name, .. } => name,
+        }
+    }
+
+    fn open(&self) -> std::io::Result<File> {
+        match self {
+            BootFile::Path(path) => File::open(path),
+            BootFile::Staged { file, .. } => {
+                let mut file = file.try_clone()?;
+                std::io::Seek::rewind(&mut file)?;
+                Ok(file)
+            }
+        }
+    }
+}
+
 /// What to boot, with the command line vmpod will pass.
 pub struct BootSpec<'a> {
-    pub kernel: &'a Path,
-    pub initrd: Option<&'a Path>,
+    pub kernel: BootFile<'a>,
+    pub initrd: Option<BootFile<'a>>,
     pub cmdline: &'a str,
     pub memory_bytes: u64,
     pub rsdp_address: u64,
@@ -114,8 +142,8 @@ pub fn e820_map(memory_bytes: u64) -> Vec<(u64, u64, u32)> {
 
 /// Loads everything into `memory` and says where the guest starts.
 pub fn load(memory: &GuestMemoryMmap, spec: &BootSpec) -> Result<Entry, BootError> {
-    let path = spec.kernel.to_owned();
-    let mut kernel = File::open(spec.kernel).map_err(|source| BootError::OpenKernel {
+    let path = spec.kernel.name().to_owned();
+    let mut kernel = spec.kernel.open().map_err(|source| BootError::OpenKernel {
         path: path.clone(),
         source,
     })?;
@@ -241,14 +269,15 @@ fn load_initrd(
     kernel_end: u64,
     address_max: u64,
 ) -> Result<Option<(u64, u64)>, BootError> {
-    let Some(path) = spec.initrd else {
+    let Some(initrd) = spec.initrd else {
         return Ok(None);
     };
+    let path = initrd.name();
     let read_error = |source| BootError::ReadInitrd {
         path: path.to_owned(),
         source,
     };
-    let mut file = File::open(path).map_err(read_error)?;
+    let mut file = initrd.open().map_err(read_error)?;
     let size = file.metadata().map_err(read_error)?.len();
     let low_end = spec
         .memory_bytes
@@ -376,7 +405,7 @@ mod tests {
     fn missing_and_bogus_kernels_are_named() {
         let memory = super::super::memory::create(16 << 20).expect("memory");
         let spec = |kernel: &'static Path| BootSpec {
-            kernel,
+            kernel: BootFile::Path(kernel),
             initrd: None,
             cmdline: "",
             memory_bytes: 16 << 20,

@@ -10,6 +10,7 @@
 
 pub mod acpi;
 pub mod boot;
+pub mod boot_disk;
 pub mod cloud_init;
 pub mod console;
 pub mod cpu;
@@ -40,6 +41,7 @@ use vm_memory::{GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion, MemoryRe
 use crate::api::{Command, CommandReceiver, CommandSender, Event, EventSender, SharedStatus};
 use crate::api::{Status, Timed};
 use crate::signals::SignalFd;
+use crate::spec::config::Boot;
 use crate::spec::VmConfig;
 use event_loop::EventLoop;
 use platform::Platform;
@@ -58,6 +60,8 @@ pub enum VmmError {
     Device(#[from] device_manager::DeviceError),
     #[error(transparent)]
     Disk(#[from] disks::DiskError),
+    #[error(transparent)]
+    BootDisk(#[from] boot_disk::BootDiskError),
     #[error(transparent)]
     Network(#[from] network::NetworkError),
     #[error("KVM refused to {what}")]
@@ -150,6 +154,8 @@ struct Vmm<'a> {
     pending: VecDeque<Command>,
     lifecycle: EventSender,
     status: SharedStatus,
+    /// The disk booted from, when the kernel comes from a disk.
+    boot_disk: Option<crate::images::Shared>,
 }
 
 /// Boots `config` and serves it until the guest powers off or fails.
@@ -160,7 +166,7 @@ pub fn run(kvm: &Kvm, config: &VmConfig, io: VmmIo) -> Result<Outcome, VmmError>
         .map_err(io_error("create the console output buffer"))?;
     let writer = console::ConsoleWriter::new(output.clone(), io.console_tee);
     let mut platform = platform::build(&io.command_sender, Box::new(writer))?;
-    let virtio_slots = add_virtio_devices(
+    let (virtio_slots, boot_disk) = add_virtio_devices(
         config,
         &io.scratch_dir,
         &io.block_devices,
@@ -191,6 +197,7 @@ pub fn run(kvm: &Kvm, config: &VmConfig, io: VmmIo) -> Result<Outcome, VmmError>
         pending: VecDeque::new(),
         lifecycle: io.events,
         status: io.status,
+        boot_disk,
     };
     let outcome = vmm.run_boots();
     if outcome.is_err() {
@@ -259,9 +266,10 @@ fn add_virtio_devices(
     events: &EventSender,
     devices: &mut device_manager::DeviceManager,
     memory: &Arc<GuestMemoryMmap>,
-) -> Result<Vec<virtio::VirtioSlot>, VmmError> {
+) -> Result<(Vec<virtio::VirtioSlot>, Option<crate::images::Shared>), VmmError> {
     let mut slots = Vec::new();
     let mut attached = Vec::new();
+    let mut boot_disk = None;
     for disk in &config.disks {
         let opened = disks::open(disk, scratch, &config.identity)?;
         let size_bytes = opened.image.size();
@@ -281,10 +289,17 @@ fn add_virtio_devices(
             readonly: opened.readonly,
             size_bytes,
         });
+        let mut image = opened.image;
+        if matches!(&config.boot, crate::spec::config::Boot::Disk(boot) if boot.disk == opened.name)
+        {
+            let shared = crate::images::Shared::new(image);
+            boot_disk = Some(shared.clone());
+            image = Box::new(shared);
+        }
         let block = Box::new(
             crate::devices::virtio::block::Block::new(
                 &opened.name,
-                opened.image,
+                image,
                 opened.readonly,
                 opened.serial.as_deref(),
             )
@@ -335,7 +350,7 @@ fn add_virtio_devices(
             memory,
         )?);
     }
-    Ok(slots)
+    Ok((slots, boot_disk))
 }
 
 /// What is left of the commands queued when a boot ended, for the next
@@ -486,16 +501,40 @@ impl Vmm<'_> {
         boot::write_acpi(&self.guest_memory, &tables)?;
         boot::write_reset_vector(&self.guest_memory)?;
         cpu::write_boot_tables(&self.guest_memory)?;
+        let staged = match &config.boot {
+            Boot::Disk(disk) => Some(boot_disk::stage(self.boot_disk.as_ref(), &disk.disk)?),
+            Boot::Kernel(_) => None,
+        };
+        let (kernel, initrd, cmdline) = match (&config.boot, &staged) {
+            (_, Some(staged)) => (
+                boot::BootFile::Staged {
+                    name: &staged.kernel_name,
+                    file: &staged.kernel,
+                },
+                staged.initrd.as_ref().map(|file| boot::BootFile::Staged {
+                    name: &staged.initrd_name,
+                    file,
+                }),
+                staged.cmdline.as_str(),
+            ),
+            (Boot::Kernel(kernel), None) => (
+                boot::BootFile::Path(&kernel.kernel),
+                kernel.initrd.as_deref().map(boot::BootFile::Path),
+                kernel.cmdline.as_str(),
+            ),
+            (Boot::Disk(_), None) => unreachable!("a disk boot is staged above"),
+        };
         let entry = boot::load(
             &self.guest_memory,
             &boot::BootSpec {
-                kernel: &config.boot.kernel,
-                initrd: config.boot.initrd.as_deref(),
-                cmdline: &config.boot.cmdline,
+                kernel,
+                initrd,
+                cmdline,
                 memory_bytes: config.memory_bytes,
                 rsdp_address: tables.rsdp_address,
             },
         )?;
+        drop(staged);
         let vcpus = create_vcpus(self.kvm, &vm, config, &apic_ids, entry, first_boot)?;
         let (pio, mmio) = self.platform.devices.buses();
         let shared = Arc::new(vcpu::VcpuShared::new(
