@@ -3,6 +3,7 @@
 # given vmpod binary and boots it under QEMU TCG (-cpu max gives L1 a fast,
 # nested /dev/kvm). Prints L1's console; callers read its RESULT lines.
 # usage: run.sh PREPARED_DIR VMPOD_BINARY 'NAME VMM VCPUS COMMAND...' ...
+# (VMM "cloud": boot the Debian cloud image from its own disk; see l1-init)
 set -eu
 here="$(cd "$(dirname "$0")" && pwd)"
 usage="usage: run.sh PREPARED_DIR VMPOD_BINARY SCENARIO..."
@@ -24,7 +25,7 @@ for scenario in "$@"; do echo "$scenario"; done > "$root/scenarios"
 for module in virt/lib/irqbypass arch/x86/kvm/kvm arch/x86/kvm/kvm-amd \
         drivers/virtio/virtio_ring drivers/virtio/virtio drivers/virtio/virtio_pci_legacy_dev \
         drivers/virtio/virtio_pci_modern_dev drivers/virtio/virtio_pci net/core/failover \
-        drivers/net/net_failover drivers/net/virtio_net; do
+        drivers/net/net_failover drivers/net/virtio_net drivers/block/virtio_blk; do
     cp "$prepared"/kernel/lib/modules/*/kernel/$module.ko "$root/modules/"
 done
 
@@ -54,7 +55,13 @@ cp "$prepared/vmlinuz" "$root/l2-vmlinuz"
 cp "$prepared/l2.cpio.gz" "$root/l2.cpio.gz"
 (cd "$root" && find . | cpio -o -H newc --quiet | gzip -1) > "$prepared/l1.cpio.gz"
 
-exec qemu-system-x86_64 -accel tcg -cpu max -smp 2 -m 2048 -nographic -no-reboot \
-    -nodefaults -no-user-config -serial stdio -nic user,model=virtio-net-pci \
+# The Debian cloud image (an ext4 holding the qcow2, see prepare.sh), for
+# the cloud scenarios: L1's /dev/vda, read-only.
+cloud_disk=""
+if grep -q " cloud " "$root/scenarios"; then
+    cloud_disk="-drive file=$prepared/cloud-disk.ext4,format=raw,if=virtio,readonly=on"
+fi
+exec qemu-system-x86_64 -accel tcg -cpu max -smp 2 -m 3072 -nographic -no-reboot \
+    -nodefaults -no-user-config -serial stdio -nic user,model=virtio-net-pci $cloud_disk \
     -kernel "$prepared/vmlinuz" -initrd "$prepared/l1.cpio.gz" \
     -append "console=ttyS0 panic=-1 quiet"

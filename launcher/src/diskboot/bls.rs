@@ -176,6 +176,22 @@ pub fn menu_with_env(
     names: &[String],
     env: &BTreeMap<String, String>,
 ) -> Result<Menu, String> {
+    let (entries, default) = entries_with_ids(files, base, dir, names, env)?;
+    Ok(Menu {
+        entries: entries.into_iter().map(|(_, entry)| entry).collect(),
+        default,
+    })
+}
+
+/// The entries with their ids (what GRUB's blscfg gives each menu entry
+/// as its id), in menu order, and the default's index.
+pub fn entries_with_ids(
+    files: &dyn Files,
+    base: usize,
+    dir: &str,
+    names: &[String],
+    env: &BTreeMap<String, String>,
+) -> Result<(Vec<(String, BootEntry)>, usize), String> {
     let mut entries = Vec::new();
     for name in names
         .iter()
@@ -216,19 +232,19 @@ pub fn menu_with_env(
         .unwrap_or(0);
     let menu_entries = bootable
         .iter()
-        .map(|entry| BootEntry {
-            title: entry.title.clone(),
-            kernel: Location::here(entry.linux.clone().unwrap_or_default()),
-            initrds: entry
-                .initrds
-                .iter()
-                .map(|p| Location::here(p.as_str()))
-                .collect(),
-            cmdline: expand(&entry.options.join(" "), &lookup),
+        .map(|entry| {
+            let boot = BootEntry {
+                title: entry.title.clone(),
+                kernel: Location::here(entry.linux.clone().unwrap_or_default()),
+                initrds: entry
+                    .initrds
+                    .iter()
+                    .map(|p| Location::here(p.as_str()))
+                    .collect(),
+                cmdline: expand(&entry.options.join(" "), &lookup),
+            };
+            (entry.id.clone(), boot)
         })
         .collect();
-    Ok(Menu {
-        entries: menu_entries,
-        default,
-    })
+    Ok((menu_entries, default))
 }

@@ -322,7 +322,8 @@ enum Item {
         id: String,
         items: Vec<Item>,
     },
-    Ready(BootEntry),
+    /// A BLS entry from blscfg, with its id.
+    Ready { id: String, entry: BootEntry },
 }
 
 /// The interpreter's state.
@@ -643,6 +644,9 @@ impl Run<'_> {
         };
         let stmts = parse(&text).map_err(|problem| format!("{path}: {problem}"))?;
         if name == "configfile" {
+            let dir = path.rsplit_once('/').map_or("", |(dir, _)| dir).to_owned();
+            self.set("config_directory", &dir);
+            self.set("config_file", path);
             self.items.clear();
             self.block(&stmts, depth + 1)?;
             self.replaced = true;
@@ -663,20 +667,21 @@ impl Run<'_> {
             if !names.iter().any(|name| name.ends_with(".conf")) {
                 continue;
             }
-            let menu = bls::menu_with_env(&rooted, self.base, dir, &names, &self.state.vars)?;
+            let (entries, default) =
+                bls::entries_with_ids(&rooted, self.base, dir, &names, &self.state.vars)?;
             let saved_default = self.state.vars.get("default").cloned();
-            for mut entry in menu.entries {
+            for (id, mut entry) in entries {
                 for location in std::iter::once(&mut entry.kernel).chain(entry.initrds.iter_mut()) {
                     if location.fs == FsSel::This {
                         location.fs = self.state.root.clone();
                     }
                 }
-                self.items.push(Item::Ready(entry));
+                self.items.push(Item::Ready { id, entry });
             }
-            if saved_default.is_none() {
+            if saved_default.is_none_or(|default| default.is_empty()) {
                 self.state
                     .vars
-                    .insert("default".to_owned(), menu.default.to_string());
+                    .insert("default".to_owned(), default.to_string());
             }
             return Ok(true);
         }
@@ -879,7 +884,7 @@ fn default_path(items: &[Item], default: &str) -> Vec<usize> {
                     Item::Entry { title, id, .. } | Item::Submenu { title, id, .. } => {
                         id == part || title == part
                     }
-                    Item::Ready(entry) => entry.title == part,
+                    Item::Ready { id, entry } => id == part || entry.title == part,
                 })
             });
         let Some(found) = found else {
@@ -928,7 +933,7 @@ fn flatten(
                     entries.push(entry);
                 }
             }
-            Item::Ready(entry) => {
+            Item::Ready { entry, .. } => {
                 if is_default {
                     *default_index = Some(entries.len());
                 }
@@ -956,9 +961,4 @@ fn run_entry(run: &mut Run, title: &str, body: &Block) -> Result<Option<BootEntr
     run.state = saved;
     outcome?;
     Ok(entry.filter(|entry| !entry.kernel.path.is_empty()))
-}
-
-#[cfg(test)]
-pub(super) fn parse_only(text: &str) -> Result<usize, String> {
-    parse(text).map(|stmts| stmts.len())
 }

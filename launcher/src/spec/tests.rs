@@ -1,9 +1,9 @@
 //! Whole-document tests of the spec reader: defaults, cross-checks, and
 //! inputs that must fail cleanly. Per-file corpora live in `launcher/tests/`.
 
-use crate::spec::config::Boot;
 use super::config::{DiskSource, NicBinding, RunStrategy, UuidSource};
 use super::*;
+use crate::spec::config::Boot;
 
 const MINIMAL: &str = "
 apiVersion: kubevirt.io/v1
