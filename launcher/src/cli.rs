@@ -6,7 +6,7 @@ use std::collections::BTreeSet;
 use std::path::Path;
 use std::process::ExitCode;
 
-use vmpod::spec::config::VmConfig;
+use vmpod::spec::config::{Boot, VmConfig};
 use vmpod::spec::quantity::format_bytes;
 use vmpod::spec::{self, Definition, Document, Ignored, Valid};
 
@@ -39,6 +39,10 @@ pub fn validate(files: &[std::path::PathBuf], quiet: bool) -> ExitCode {
                 }) => {
                     definitions_seen += 1;
                     println!("{shown}: {origin}: ok ({})", summary(&valid.config));
+                    if let Err(problem) = check_boot_disk(&valid.config) {
+                        eprintln!("{shown}: {origin}: {problem}");
+                        failed = true;
+                    }
                     if !quiet {
                         for ignored in &valid.ignored {
                             println!("  ignored: {}: {}", ignored.path, ignored.reason);
@@ -66,6 +70,41 @@ pub fn validate(files: &[std::path::PathBuf], quiet: bool) -> ExitCode {
         ExitCode::from(DEFINITION_ERROR)
     } else {
         ExitCode::SUCCESS
+    }
+}
+
+/// For a VM that boots its disk's own kernel: what vmpod would boot, when
+/// the disk's image is on this machine (in the pod, or given by path).
+fn check_boot_disk(config: &VmConfig) -> Result<(), String> {
+    let Boot::Disk(boot) = &config.boot else {
+        return Ok(());
+    };
+    let Some(disk) = config.disks.iter().find(|disk| disk.name == boot.disk) else {
+        return Ok(());
+    };
+    match vmpod::vmm::disks::open_for_inspection(disk) {
+        None => {
+            println!(
+                "  boots disk {}: its image is not here, so vmpod reads its boot configuration when the VM starts (vmpod inspect-disk IMAGE shows it beforehand)",
+                disk.name
+            );
+            Ok(())
+        }
+        Some(Err(error)) => Err(error.to_string()),
+        Some(Ok(image)) => {
+            let inspection =
+                vmpod::diskboot::inspect_disk(vmpod::images::Shared::new(image), &disk.name);
+            let chosen = inspection.outcome.map_err(|error| error.to_string())?;
+            println!(
+                "  boots disk {}: {} ({}: {:?}), command line: {}",
+                disk.name,
+                chosen.kernel.1,
+                chosen.config,
+                chosen.entry().title,
+                chosen.cmdline
+            );
+            Ok(())
+        }
     }
 }
 

@@ -52,6 +52,18 @@ def run_l1(command, timeout):
     return "".join(lines), True
 
 
+def prepare_cloud(prepared):
+    """Builds (once, then cached) the Debian cloud image the cloud
+    scenarios boot; it needs root and debootstrap."""
+    if os.geteuid() != 0:
+        raise Unavailable("building the Debian cloud image needs root (losetup, mount, chroot)")
+    if shutil.which("debootstrap") is None:
+        raise Unavailable("debootstrap is not installed, so the Debian cloud image cannot be built")
+    built = subprocess.run([REPO / "tests/nested/prepare-cloud.sh", prepared], capture_output=True, text=True)
+    if built.returncode != 0:
+        raise RuntimeError(f"building the Debian cloud image failed:\n{built.stdout}\n{built.stderr}")
+
+
 def run(vmpod_binary, *scenarios, timeout=900):
     """Boots L1 under QEMU TCG and runs the scenarios (NAME VMM VCPUS COMMAND...).
     Returns {name: {"result": [...], "stdout", "stderr", "serial", "qmp": str}}:
@@ -60,6 +72,8 @@ def run(vmpod_binary, *scenarios, timeout=900):
         raise Unavailable("qemu-system-x86 is not installed, so the nested Linux-guest harness cannot run")
     prepared = TARGET / "nested"
     subprocess.run([REPO / "tests/nested/prepare.sh", prepared], check=True, capture_output=True)
+    if any(scenario.split()[1] in ("cloud", "qemucloud") for scenario in scenarios):
+        prepare_cloud(prepared)
     command = [REPO / "tests/nested/run.sh", prepared, vmpod_binary, *scenarios]
     for attempt in (1, 2):
         output, finished = run_l1(command, timeout)

@@ -42,10 +42,11 @@ copy_with_libraries() {
 copy_with_libraries "$vmpod" vmpod
 mkdir -p "$root/usr/bin"
 copy_with_libraries "$(command -v passt)" usr/bin/passt
-if grep -qE " qemu(io)? " "$root/scenarios"; then
+if grep -qE " qemu(io|cloud)? " "$root/scenarios"; then
     mkdir -p "$root/usr/bin" "$root/qemu"
     copy_with_libraries /usr/bin/qemu-system-x86_64 usr/bin/qemu-system-x86_64
-    cp /usr/share/qemu/bios-microvm.bin /usr/share/qemu/linuxboot_dma.bin /usr/share/qemu/kvmvapic.bin "$root/qemu/"
+    cp /usr/share/qemu/bios-microvm.bin /usr/share/qemu/linuxboot_dma.bin /usr/share/qemu/kvmvapic.bin \
+        /usr/share/seabios/bios-256k.bin "$root/qemu/"
 fi
 # The qcow2 images; the container disk where a containerDisk is by default.
 mkdir -p "$root/images" "$root/disk"
@@ -58,7 +59,7 @@ cp "$prepared/l2.cpio.gz" "$root/l2.cpio.gz"
 # The Debian cloud image (an ext4 holding the qcow2, see prepare.sh), for
 # the cloud scenarios: L1's /dev/vda, read-only.
 cloud_disk=""
-if grep -q " cloud " "$root/scenarios"; then
+if grep -qE " (qemu)?cloud " "$root/scenarios"; then
     cloud_disk="-drive file=$prepared/cloud-disk.ext4,format=raw,if=virtio,readonly=on"
 fi
 exec qemu-system-x86_64 -accel tcg -cpu max -smp 2 -m 3072 -nographic -no-reboot \

@@ -222,7 +222,7 @@ pub fn choose(disk: &Disk) -> Result<Chosen, DiskBootError> {
         }
     }
     for &index in &readable {
-        if let Some(menu) = kernel_links(disk, index) {
+        if let Some(menu) = kernel_links(disk, index)? {
             let config = format!("the /vmlinuz link on {}", disk.where_is(index));
             return finish(disk, index, config, menu);
         }
@@ -249,12 +249,22 @@ fn grub_configs(disk: &Disk, index: usize) -> Vec<String> {
 
 /// Debian's and Ubuntu's `/vmlinuz` + `/initrd.img` links (or the same in
 /// /boot), booted with this file system as the root.
-fn kernel_links(disk: &Disk, index: usize) -> Option<Menu> {
-    let fs = disk.mounted_at(index)?;
+fn kernel_links(disk: &Disk, index: usize) -> Result<Option<Menu>, DiskBootError> {
+    let Some(fs) = disk.mounted_at(index) else {
+        return Ok(None);
+    };
     for dir in ["", "/boot"] {
         let kernel = format!("{dir}/vmlinuz");
-        if !matches!(fs.file_size(&kernel), Ok(Some(_))) {
-            continue;
+        match fs.file_size(&kernel) {
+            Ok(Some(_)) => {}
+            Ok(None) => continue,
+            Err(source) => {
+                return Err(DiskBootError::File {
+                    disk: disk.name.clone(),
+                    what: format!("the kernel link {kernel} on {}", disk.where_is(index)),
+                    source,
+                })
+            }
         }
         let initrds = [format!("{dir}/initrd.img"), format!("{dir}/initrd")]
             .into_iter()
@@ -263,7 +273,7 @@ fn kernel_links(disk: &Disk, index: usize) -> Option<Menu> {
             .into_iter()
             .collect();
         let uuid = &disk.found[index].uuid;
-        return Some(Menu {
+        return Ok(Some(Menu {
             entries: vec![BootEntry {
                 title: "Linux (from the kernel links)".to_owned(),
                 kernel: Location::here(kernel),
@@ -271,9 +281,9 @@ fn kernel_links(disk: &Disk, index: usize) -> Option<Menu> {
                 cmdline: format!("root=UUID={uuid} ro"),
             }],
             default: 0,
-        });
+        }));
     }
-    None
+    Ok(None)
 }
 
 /// Why nothing could be booted: what each partition held.

@@ -127,10 +127,9 @@ fn parse(
             ("initrd", Some(label)) => {
                 label.initrds = value.split(',').map(|f| f.trim().to_owned()).collect()
             }
-            ("append", Some(label)) => {
-                if value != "-" {
-                    label.append = format!("{} {value}", label.append);
-                }
+            // `APPEND -` means "no arguments".
+            ("append", Some(label)) if value != "-" => {
+                label.append = format!("{} {value}", label.append);
             }
             ("include", _) => {
                 if depth >= MAX_INCLUDE_DEPTH {

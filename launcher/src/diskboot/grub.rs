@@ -264,10 +264,7 @@ impl Parser {
                 }
                 let body = Rc::new(body);
                 if keyword == "function" {
-                    let name = args
-                        .first()
-                        .map(|word| plain_text(word))
-                        .unwrap_or_default();
+                    let name = args.first().map(plain_text).unwrap_or_default();
                     Ok(Stmt::Function { name, body })
                 } else {
                     Ok(Stmt::Menu {

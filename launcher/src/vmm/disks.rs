@@ -172,6 +172,38 @@ pub fn open(disk: &Disk, scratch: &Path, identity: &Identity) -> Result<OpenedDi
     })
 }
 
+/// The image a boot disk's kernel would be read from, opened read-only
+/// (for `vmpod validate`); `None` when the disk's file is not on this
+/// machine, or is made only at launch (an emptyDisk, a seed).
+pub fn open_for_inspection(disk: &Disk) -> Option<Result<Box<dyn DiskImage>, DiskError>> {
+    let image_error = |source| DiskError::Image {
+        disk: disk.name.clone(),
+        writable: false,
+        source,
+    };
+    let opened = match &disk.source {
+        DiskSource::ContainerDisk { path } if path.exists() => {
+            container_disk_file(&disk.name, path).and_then(|file| {
+                images::open_base(&file)
+                    .map(|(image, _)| image)
+                    .map_err(image_error)
+            })
+        }
+        DiskSource::PersistentVolumeClaim { path, .. }
+            if path.is_dir() && path.join("disk.img").exists() =>
+        {
+            images::open(&path.join("disk.img"), false).map_err(image_error)
+        }
+        DiskSource::PersistentVolumeClaim { path, .. } | DiskSource::HostDisk { path, .. }
+            if path.is_file() =>
+        {
+            images::open(path, false).map_err(image_error)
+        }
+        _ => return None,
+    };
+    Some(opened)
+}
+
 /// A containerDisk's image file, found as KubeVirt finds it: `path` when
 /// it is a file, else the single file in that directory (`/disk` unless
 /// the definition says otherwise).

@@ -1,0 +1,536 @@
+//! Booting a disk's own kernel: real file systems made by `mkfs.ext4 -d`
+//! and real partition tables made by `sfdisk`, read by `vmpod
+//! inspect-disk` and booted by `vmpod launch` (a tiny guest as the
+//! "kernel"); then hostile disks, each a clear error and never a hang.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use common::{guest, not_here, Scratch, VMPOD};
+
+const UUID: &str = "6d3c1f0e-9a8b-4c7d-8e6f-5a4b3c2d1e0f";
+
+fn have(tool: &str) -> bool {
+    Command::new("sh")
+        .args(["-c", &format!("command -v {tool}")])
+        .output()
+        .is_ok_and(|output| output.status.success())
+}
+
+fn tools_here(test: &str) -> bool {
+    let missing: Vec<&str> = ["mkfs.ext4", "sfdisk", "qemu-img"]
+        .into_iter()
+        .filter(|tool| !have(tool))
+        .collect();
+    if missing.is_empty() {
+        return true;
+    }
+    not_here(test, &format!("{} not installed", missing.join(", ")));
+    false
+}
+
+fn run(command: &mut Command) {
+    let output = command.output().expect("tool runs");
+    assert!(
+        output.status.success(),
+        "{command:?}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+/// Files to put in a file system: (path, contents) or (path, "->target").
+fn populate(root: &Path, files: &[(&str, &[u8])]) {
+    for (path, contents) in files {
+        let at = root.join(path.trim_start_matches('/'));
+        std::fs::create_dir_all(at.parent().expect("parent")).expect("mkdir");
+        match contents.strip_prefix(b"->") {
+            Some(target) => {
+                std::os::unix::fs::symlink(std::str::from_utf8(target).expect("utf-8"), &at)
+                    .expect("symlink")
+            }
+            None => std::fs::write(&at, contents).expect("write"),
+        }
+    }
+}
+
+/// An ext4 file system image holding `files`.
+fn ext4(scratch: &Scratch, name: &str, files: &[(&str, &[u8])]) -> PathBuf {
+    let root = scratch.0.join(format!("{name}.root"));
+    populate(&root, files);
+    let image = scratch.0.join(format!("{name}.ext4"));
+    run(Command::new("mkfs.ext4")
+        .args(["-q", "-F", "-U", UUID, "-L", "root", "-d"])
+        .arg(&root)
+        .arg(&image)
+        .arg("32M"));
+    image
+}
+
+/// A disk with a `label` (gpt or dos) table holding the given partition
+/// images, in order; `types` are sfdisk type names or GUIDs.
+fn disk(scratch: &Scratch, name: &str, label: &str, parts: &[(&str, &Path)]) -> PathBuf {
+    let path = scratch.0.join(name);
+    let mut script = format!("label: {label}\n");
+    let mut start = 2048u64;
+    let mut placed = Vec::new();
+    for (kind, image) in parts {
+        let sectors = std::fs::metadata(image).expect("image").len().div_ceil(512);
+        script.push_str(&format!("start={start}, size={sectors}, type={kind}\n"));
+        placed.push((start, *image));
+        start += sectors.div_ceil(2048) * 2048;
+    }
+    let file = std::fs::File::create(&path).expect("disk");
+    file.set_len((start + 2048) * 512).expect("size");
+    let mut sfdisk = Command::new("sfdisk");
+    sfdisk
+        .arg("--quiet")
+        .arg(&path)
+        .stdin(std::process::Stdio::piped());
+    let mut child = sfdisk.spawn().expect("sfdisk");
+    std::io::Write::write_all(child.stdin.as_mut().expect("stdin"), script.as_bytes())
+        .expect("script");
+    drop(child.stdin.take());
+    assert!(child.wait().expect("sfdisk ends").success(), "{script}");
+    for (start, image) in placed {
+        let bytes = std::fs::read(image).expect("image");
+        std::os::unix::fs::FileExt::write_all_at(&file, &bytes, start * 512).expect("copy");
+    }
+    path
+}
+
+fn inspect(image: &Path) -> (Option<i32>, String, String) {
+    let output = Command::new(VMPOD)
+        .arg("inspect-disk")
+        .arg(image)
+        .output()
+        .expect("vmpod runs");
+    (
+        output.status.code(),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+fn grub_cfg(default: u32, entries: &[(&str, &str)]) -> String {
+    let mut text =
+        format!("set default=\"{default}\"\nif [ -s $prefix/grubenv ]; then\n  load_env\nfi\n");
+    for (title, kernel) in entries {
+        text.push_str(&format!(
+            "menuentry '{title}' --class debian $menuentry_id_option 'id-{title}' {{\n\tinsmod ext2\n\tsearch --no-floppy --fs-uuid --set=root {UUID}\n\tlinux\t{kernel} root=UUID={UUID} ro console=ttyS0 entry={title}\n\tinitrd\t/boot/initrd.img\n}}\n"
+        ));
+    }
+    text
+}
+
+#[test]
+fn inspect_disk_shows_partitions_entries_and_the_choice() {
+    if !tools_here("inspect_disk") {
+        return;
+    }
+    let scratch = Scratch::new("inspect-disk");
+    let cfg = grub_cfg(
+        1,
+        &[
+            ("first", "/boot/vmlinuz-6.1.0-1"),
+            ("second", "/boot/vmlinuz-6.1.0-2"),
+        ],
+    );
+    let root = ext4(
+        &scratch,
+        "root",
+        &[
+            ("/boot/grub/grub.cfg", cfg.as_bytes()),
+            ("/boot/vmlinuz-6.1.0-1", b"kernel one"),
+            ("/boot/vmlinuz-6.1.0-2", b"kernel two"),
+            ("/boot/initrd.img", b"initrd"),
+            (
+                "/boot/config-6.1.0-2",
+                b"CONFIG_VIRTIO=y\nCONFIG_VIRTIO_MMIO=m\n",
+            ),
+        ],
+    );
+    let raw = disk(&scratch, "debian.raw", "gpt", &[("linux", &root)]);
+    let (code, stdout, stderr) = inspect(&raw);
+    assert_eq!(code, Some(0), "{stdout}{stderr}");
+    assert!(stdout.contains("partition table: GPT"), "{stdout}");
+    assert!(
+        stdout.contains(&format!(
+            "partition 1: 32Mi, Linux file system: ext2/3/4, UUID {UUID}, label \"root\""
+        )),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("boot configuration: /boot/grub/grub.cfg on partition 1"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("  * 1: second"), "{stdout}");
+    assert!(
+        stdout.contains("  kernel  /boot/vmlinuz-6.1.0-2 on partition 1"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains(&format!(
+            "  cmdline root=UUID={UUID} ro console=ttyS0 entry=second"
+        )),
+        "{stdout}"
+    );
+    // validate says what the definition would boot, or why not.
+    let definition = disk_definition(&scratch, "good", &raw);
+    let output = Command::new(VMPOD)
+        .arg("validate")
+        .arg(&definition)
+        .output()
+        .expect("vmpod runs");
+    let said = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{said}");
+    assert!(
+        said.contains("  boots disk root: /boot/vmlinuz-6.1.0-2 (/boot/grub/grub.cfg on partition 1: \"second\"), command line: root=UUID="),
+        "{said}"
+    );
+    let elsewhere = disk_definition(&scratch, "elsewhere", Path::new("/nonexistent/disk.img"));
+    let output = Command::new(VMPOD)
+        .arg("validate")
+        .arg(&elsewhere)
+        .output()
+        .expect("vmpod runs");
+    assert!(output.status.success());
+    assert!(String::from_utf8_lossy(&output.stdout)
+        .contains("  boots disk root: its image is not here"));
+    // The same disk as qcow2 reads the same.
+    let qcow2 = scratch.0.join("debian.qcow2");
+    run(Command::new("qemu-img")
+        .args(["convert", "-q", "-O", "qcow2"])
+        .arg(&raw)
+        .arg(&qcow2));
+    let (code, qcow2_stdout, _) = inspect(&qcow2);
+    assert_eq!(code, Some(0));
+    assert_eq!(
+        qcow2_stdout.lines().skip(1).collect::<Vec<_>>(),
+        stdout.lines().skip(1).collect::<Vec<_>>()
+    );
+}
+
+#[test]
+fn the_kernel_links_boot_an_mbr_disk_with_a_console_added() {
+    if !tools_here("kernel_links") {
+        return;
+    }
+    let scratch = Scratch::new("kernel-links");
+    let root = ext4(
+        &scratch,
+        "root",
+        &[
+            ("/boot/vmlinuz-5.10.0-1", b"kernel"),
+            ("/boot/initrd.img-5.10.0-1", b"initrd"),
+            ("/vmlinuz", b"->boot/vmlinuz-5.10.0-1"),
+            ("/initrd.img", b"->boot/initrd.img-5.10.0-1"),
+        ],
+    );
+    let raw = disk(&scratch, "links.raw", "dos", &[("83", &root)]);
+    let (code, stdout, stderr) = inspect(&raw);
+    assert_eq!(code, Some(0), "{stdout}{stderr}");
+    assert!(stdout.contains("partition table: MBR"), "{stdout}");
+    assert!(
+        stdout.contains("boot configuration: the /vmlinuz link on partition 1"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains(&format!("  cmdline root=UUID={UUID} ro console=ttyS0")),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("  initrd  /initrd.img on partition 1"),
+        "{stdout}"
+    );
+}
+
+/// The error `inspect-disk` gives for a disk holding `files`.
+fn refusal(scratch: &Scratch, name: &str, files: &[(&str, &[u8])]) -> String {
+    let root = ext4(scratch, name, files);
+    let raw = disk(scratch, &format!("{name}.raw"), "gpt", &[("linux", &root)]);
+    let (code, stdout, stderr) = inspect(&raw);
+    assert_eq!(code, Some(2), "{name}: {stdout}{stderr}");
+    assert!(
+        stderr.starts_with("vmpod: error: boot disk "),
+        "{name}: {stderr}"
+    );
+    // validate reports the same problem and fails.
+    let definition = disk_definition(scratch, name, &raw);
+    let output = Command::new(VMPOD)
+        .arg("validate")
+        .arg(&definition)
+        .output()
+        .expect("vmpod runs");
+    assert_eq!(output.status.code(), Some(2), "{name}");
+    // (inspect-disk names the disk by its file, validate by its name)
+    let first_line = stderr.lines().next().unwrap_or_default();
+    let problem = first_line
+        .split_once(".raw: ")
+        .map_or(first_line, |(_, problem)| problem);
+    let validated = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        validated.contains(&format!("boot disk root: {problem}")),
+        "{name}: {validated}"
+    );
+    stderr
+}
+
+#[test]
+fn hostile_and_unbootable_disks_are_clear_errors() {
+    if !tools_here("hostile_disks") {
+        return;
+    }
+    let scratch = Scratch::new("hostile-disks");
+    let looped = refusal(
+        &scratch,
+        "loop",
+        &[("/vmlinuz", b"->/boot/a"), ("/boot/a", b"->/vmlinuz")],
+    );
+    assert!(
+        looped.contains("the kernel link /vmlinuz on partition 1: /vmlinuz: "),
+        "{looped}"
+    );
+
+    let missing = refusal(
+        &scratch,
+        "missing",
+        &[(
+            "/boot/grub/grub.cfg",
+            grub_cfg(0, &[("gone", "/boot/vmlinuz-gone")]).as_bytes(),
+        )],
+    );
+    assert!(
+        missing.contains("names /boot/vmlinuz-gone, which is not on the disk"),
+        "{missing}"
+    );
+
+    let big_config = format!("{}\n", "set a=b\n".repeat(200_000));
+    let too_big = refusal(
+        &scratch,
+        "big",
+        &[("/boot/grub/grub.cfg", big_config.as_bytes())],
+    );
+    assert!(
+        too_big.contains("more than the 1048576 bytes vmpod reads"),
+        "{too_big}"
+    );
+
+    let no_mmio = refusal(
+        &scratch,
+        "nommio",
+        &[
+            (
+                "/boot/grub/grub.cfg",
+                grub_cfg(0, &[("el9", "/boot/vmlinuz-5.14.0-427.el9.x86_64")]).as_bytes(),
+            ),
+            ("/boot/vmlinuz-5.14.0-427.el9.x86_64", b"kernel"),
+            ("/boot/initrd.img", b"initrd"),
+            (
+                "/boot/config-5.14.0-427.el9.x86_64",
+                b"CONFIG_VIRTIO_PCI=y\n# CONFIG_VIRTIO_MMIO is not set\n",
+            ),
+        ],
+    );
+    assert!(
+        no_mmio.contains("the kernel 5.14.0-427.el9.x86_64 is built without virtio-mmio"),
+        "{no_mmio}"
+    );
+
+    // A 4 GiB "kernel" (sparse) is refused by size, before any read.
+    let root = scratch.0.join("huge.root");
+    populate(
+        &root,
+        &[
+            (
+                "/boot/grub/grub.cfg",
+                grub_cfg(0, &[("huge", "/boot/vmlinuz-huge")]).as_bytes(),
+            ),
+            ("/boot/initrd.img", b"i"),
+        ],
+    );
+    std::fs::File::create(root.join("boot/vmlinuz-huge"))
+        .expect("kernel")
+        .set_len(4 << 30)
+        .expect("sparse");
+    let image = scratch.0.join("huge.ext4");
+    run(Command::new("mkfs.ext4")
+        .args(["-q", "-F", "-U", UUID, "-d"])
+        .arg(&root)
+        .arg(&image)
+        .arg("64M"));
+    let raw = disk(&scratch, "huge.raw", "gpt", &[("linux", &image)]);
+    let definition = disk_definition(&scratch, "huge", &raw);
+    let output = Command::new(VMPOD)
+        .args(["launch", "--file"])
+        .arg(&definition)
+        .arg("--run-dir")
+        .arg(scratch.0.join("run-huge"))
+        .arg("--scratch-dir")
+        .arg(scratch.0.join("scratch-huge"))
+        .output()
+        .expect("vmpod runs");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("is 4294967296 bytes, more than the 268435456 bytes vmpod reads for it"),
+        "{stderr}"
+    );
+
+    // Partitions vmpod cannot read are named.
+    let mut xfs = vec![0u8; 1 << 20];
+    xfs[..4].copy_from_slice(b"XFSB");
+    let mut luks = vec![0u8; 1 << 20];
+    luks[..6].copy_from_slice(b"LUKS\xba\xbe");
+    std::fs::write(scratch.0.join("xfs.img"), &xfs).expect("xfs");
+    std::fs::write(scratch.0.join("luks.img"), &luks).expect("luks");
+    let raw = disk(
+        &scratch,
+        "other.raw",
+        "gpt",
+        &[
+            ("linux", &scratch.0.join("xfs.img")),
+            ("linux", &scratch.0.join("luks.img")),
+        ],
+    );
+    let (code, _, stderr) = inspect(&raw);
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(
+        stderr.contains("partition 1 holds xfs, which vmpod cannot read yet"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("partition 2 is encrypted (LUKS)"),
+        "{stderr}"
+    );
+
+    // A damaged superblock (magic intact, block counts garbage).
+    let root = ext4(&scratch, "damaged", &[("/vmlinuz", b"kernel")]);
+    let mut bytes = std::fs::read(&root).expect("image");
+    bytes[1024..1024 + 8].fill(0xff);
+    bytes[1024 + 24..1024 + 32].fill(0xff);
+    std::fs::write(&root, &bytes).expect("damage");
+    let raw = disk(&scratch, "damaged.raw", "gpt", &[("linux", &root)]);
+    let (code, _, stderr) = inspect(&raw);
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(
+        stderr.contains("partition 1 (ext2/3/4) is damaged"),
+        "{stderr}"
+    );
+
+    // Random bytes: no table, no file system, no panic.
+    let noise: Vec<u8> = (0..(4u32 << 20))
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
+    std::fs::write(scratch.0.join("noise.raw"), &noise).expect("noise");
+    let (code, _, stderr) = inspect(&scratch.0.join("noise.raw"));
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(
+        stderr.contains("no Linux kernel vmpod can boot: the disk: unknown contents"),
+        "{stderr}"
+    );
+}
+
+/// A VM booting `disk` (a hostDisk) with no kernelBoot.
+fn disk_definition(scratch: &Scratch, name: &str, disk: &Path) -> PathBuf {
+    let text = format!(
+        "apiVersion: kubevirt.io/v1
+kind: VirtualMachineInstance
+metadata: {{name: {name}}}
+spec:
+  domain:
+    memory: {{guest: 16Mi}}
+    firmware: {{bootloader: {{bios: {{}}}}}}
+    devices:
+      autoattachPodInterface: false
+      autoattachGraphicsDevice: false
+      disks: [{{name: root}}]
+  volumes:
+  - {{name: root, hostDisk: {{path: {}, type: Disk}}}}
+",
+        disk.display()
+    );
+    let path = scratch.0.join(format!("{name}.yaml"));
+    std::fs::write(&path, text).expect("definition");
+    path
+}
+
+#[test]
+#[cfg_attr(not(vmpod_kvm), ignore = "needs a usable /dev/kvm")]
+fn the_disk_is_read_again_at_every_boot() {
+    if !tools_here("read_again") {
+        return;
+    }
+    let scratch = Scratch::new("disk-reboot");
+    let reboot = std::fs::read(guest("reboot.elf")).expect("reboot guest");
+    let hello = std::fs::read(guest("hello.elf")).expect("hello guest");
+    let files = |default: u32| {
+        vec![
+            (
+                "/boot/grub/grub.cfg".to_owned(),
+                grub_cfg(
+                    default,
+                    &[
+                        ("reboot", "/boot/vmlinuz-reboot"),
+                        ("hello", "/boot/vmlinuz-hello"),
+                    ],
+                )
+                .into_bytes(),
+            ),
+            ("/boot/vmlinuz-reboot".to_owned(), reboot.clone()),
+            ("/boot/vmlinuz-hello".to_owned(), hello.clone()),
+            ("/boot/initrd.img".to_owned(), b"initrd".to_vec()),
+        ]
+    };
+    let borrowed = |files: &[(String, Vec<u8>)]| -> Vec<(String, Vec<u8>)> { files.to_vec() };
+    let first = borrowed(&files(0));
+    let first: Vec<(&str, &[u8])> = first
+        .iter()
+        .map(|(p, c)| (p.as_str(), c.as_slice()))
+        .collect();
+    let root = ext4(&scratch, "first", &first);
+    let raw = disk(&scratch, "boot.raw", "gpt", &[("linux", &root)]);
+    let definition = disk_definition(&scratch, "rereads", &raw);
+    let mut vm = common::launch_with(
+        Command::new(VMPOD)
+            .args(["launch", "--file"])
+            .arg(&definition)
+            .arg("--run-dir")
+            .arg(scratch.0.join("run"))
+            .arg("--scratch-dir")
+            .arg(scratch.0.join("scratch")),
+    );
+    vm.expect("reboot guest ready", Duration::from_secs(20));
+    vm.expect_log(
+        "(/boot/grub/grub.cfg on partition 1: \"reboot\")",
+        Duration::from_secs(5),
+    );
+    // While it runs, the disk's grub.cfg changes its default (as
+    // grub-set-default would); the next boot follows it.
+    let second = borrowed(&files(1));
+    let second: Vec<(&str, &[u8])> = second
+        .iter()
+        .map(|(p, c)| (p.as_str(), c.as_slice()))
+        .collect();
+    let updated = ext4(&scratch, "second", &second);
+    let bytes = std::fs::read(updated).expect("image");
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&raw)
+        .expect("disk");
+    std::os::unix::fs::FileExt::write_all_at(&file, &bytes, 2048 * 512).expect("update");
+    vm.type_text(b"r");
+    vm.expect("Hello from the vmpod tiny guest", Duration::from_secs(20));
+    let finished = vm.finish(Duration::from_secs(20));
+    assert_eq!(finished.code, Some(0), "{}", finished.stderr);
+    assert!(
+        finished
+            .stderr
+            .contains("(/boot/grub/grub.cfg on partition 1: \"hello\")"),
+        "{}",
+        finished.stderr
+    );
+    assert!(finished.stderr.contains("kernel command line: root=UUID=6d3c1f0e-9a8b-4c7d-8e6f-5a4b3c2d1e0f ro console=ttyS0 entry=hello"), "{}", finished.stderr);
+}
