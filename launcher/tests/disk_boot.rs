@@ -534,3 +534,216 @@ fn the_disk_is_read_again_at_every_boot() {
     );
     assert!(finished.stderr.contains("kernel command line: root=UUID=6d3c1f0e-9a8b-4c7d-8e6f-5a4b3c2d1e0f ro console=ttyS0 entry=hello"), "{}", finished.stderr);
 }
+
+/// A FAT file system image (made with the fatfs crate) holding `files`.
+fn fat(scratch: &Scratch, name: &str, files: &[(&str, &[u8])]) -> PathBuf {
+    let path = scratch.0.join(format!("{name}.fat"));
+    let mut image = std::io::Cursor::new(vec![0u8; 32 << 20]);
+    fatfs::format_volume(
+        &mut image,
+        fatfs::FormatVolumeOptions::new().volume_label(*b"EFI        "),
+    )
+    .expect("format");
+    {
+        let fs = fatfs::FileSystem::new(&mut image, fatfs::FsOptions::new()).expect("open");
+        for (file, contents) in files {
+            let relative = file.trim_start_matches('/');
+            let mut dir = fs.root_dir();
+            let parts: Vec<&str> = relative.split('/').collect();
+            for part in &parts[..parts.len() - 1] {
+                dir = dir.create_dir(part).expect("mkdir");
+            }
+            let mut created = dir.create_file(parts[parts.len() - 1]).expect("create");
+            std::io::Write::write_all(&mut created, contents).expect("write");
+        }
+    }
+    std::fs::write(&path, image.into_inner()).expect("image");
+    path
+}
+
+#[test]
+fn an_esp_with_bls_entries_boots_and_one_with_only_ukis_is_named() {
+    if !tools_here("esp") {
+        return;
+    }
+    let scratch = Scratch::new("esp");
+    let entry = b"title Fedora Linux (6.10.6-200.fc40.x86_64)\nversion 6.10.6-200.fc40.x86_64\nlinux /vmlinuz-6.10.6-200.fc40.x86_64\ninitrd /initramfs-6.10.6-200.fc40.x86_64.img\noptions root=UUID=1234 ro\n";
+    let esp = fat(
+        &scratch,
+        "bls",
+        &[
+            ("/loader/entries/machine-6.10.6-200.fc40.x86_64.conf", entry),
+            ("/vmlinuz-6.10.6-200.fc40.x86_64", b"kernel"),
+            ("/initramfs-6.10.6-200.fc40.x86_64.img", b"initrd"),
+        ],
+    );
+    let raw = disk(&scratch, "bls.raw", "gpt", &[("uefi", &esp)]);
+    let (code, stdout, stderr) = inspect(&raw);
+    assert_eq!(code, Some(0), "{stdout}{stderr}");
+    assert!(
+        stdout.contains("partition 1: 32Mi, EFI system partition: FAT, UUID "),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("boot configuration: BLS entries in /loader/entries on partition 1"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("  cmdline root=UUID=1234 ro console=ttyS0"),
+        "{stdout}"
+    );
+
+    let uki = fat(&scratch, "uki", &[("/EFI/Linux/fedora-6.10.efi", b"MZ")]);
+    let raw = disk(&scratch, "uki.raw", "gpt", &[("uefi", &uki)]);
+    let (code, _, stderr) = inspect(&raw);
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(
+        stderr.contains("partition 1 holds only unified kernel images (/EFI/Linux/fedora-6.10.efi), which vmpod cannot boot yet"),
+        "{stderr}"
+    );
+}
+
+/// A disk in memory, for the partition-table reader.
+struct Bytes<'a>(&'a [u8]);
+
+impl vmpod::diskboot::DiskRead for Bytes<'_> {
+    fn size(&self) -> u64 {
+        self.0.len() as u64
+    }
+    fn read_exact_at(&mut self, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
+        read_from(self.0, buf, offset)
+    }
+}
+
+fn read_from(bytes: &[u8], buf: &mut [u8], offset: u64) -> std::io::Result<()> {
+    let start = usize::try_from(offset).map_err(std::io::Error::other)?;
+    let source = start
+        .checked_add(buf.len())
+        .and_then(|end| bytes.get(start..end))
+        .ok_or_else(|| std::io::Error::from(std::io::ErrorKind::UnexpectedEof))?;
+    buf.copy_from_slice(source);
+    Ok(())
+}
+
+/// Deterministic noise (xorshift), so a failure reproduces.
+fn noise(state: &mut u64) -> u64 {
+    *state ^= *state << 13;
+    *state ^= *state >> 7;
+    *state ^= *state << 17;
+    *state
+}
+
+/// Changes a few bytes of `bytes` within `range`; returns what to restore.
+fn mutate(
+    bytes: &mut [u8],
+    range: std::ops::Range<usize>,
+    most: u64,
+    state: &mut u64,
+) -> Vec<(usize, u8)> {
+    let mut changed = Vec::new();
+    for _ in 0..1 + noise(state) % most {
+        let at = range.start + (noise(state) % range.len() as u64) as usize;
+        changed.push((at, bytes[at]));
+        bytes[at] = noise(state) as u8;
+    }
+    changed
+}
+
+fn restore(bytes: &mut [u8], changed: Vec<(usize, u8)>) {
+    for (at, old) in changed.into_iter().rev() {
+        bytes[at] = old;
+    }
+}
+
+#[test]
+fn mutated_partition_tables_and_file_systems_never_panic() {
+    if !tools_here("mutations") {
+        return;
+    }
+    let scratch = Scratch::new("mutations");
+    let root = ext4(
+        &scratch,
+        "root",
+        &[
+            (
+                "/boot/grub/grub.cfg",
+                grub_cfg(0, &[("a", "/boot/vmlinuz-1")]).as_bytes(),
+            ),
+            ("/boot/vmlinuz-1", b"k"),
+            ("/boot/initrd.img", b"i"),
+        ],
+    );
+    let esp = fat(
+        &scratch,
+        "esp",
+        &[(
+            "/EFI/debian/grub.cfg",
+            b"configfile (hd0,gpt2)/boot/grub/grub.cfg\n",
+        )],
+    );
+    let mut gpt = std::fs::read(disk(
+        &scratch,
+        "gpt.raw",
+        "gpt",
+        &[("uefi", &esp), ("linux", &root)],
+    ))
+    .expect("gpt");
+    let mut mbr = std::fs::read(disk(
+        &scratch,
+        "mbr.raw",
+        "dos",
+        &[("ef", &esp), ("83", &root)],
+    ))
+    .expect("mbr");
+    let mut state = 0x9e37_79b9_7f4a_7c15u64;
+    // Partition tables: the first 34 sectors, mutated.
+    for bytes in [&mut gpt, &mut mbr] {
+        for _ in 0..3000 {
+            let changed = mutate(bytes, 0..34 * 512, 6, &mut state);
+            let _ = vmpod::diskboot::partitions::read(&mut Bytes(bytes));
+            restore(bytes, changed);
+        }
+    }
+    // File systems: their first 128 KiB (superblocks, group descriptors,
+    // FAT tables, the root directory), mutated, read through inspect.
+    let shared = std::sync::Arc::new(std::sync::Mutex::new(gpt));
+    for start in [1usize << 20, 34 << 20] {
+        for _ in 0..300 {
+            let changed = {
+                let mut bytes = shared.lock().expect("bytes");
+                mutate(&mut bytes, start..start + (128 << 10), 16, &mut state)
+            };
+            let image = vmpod::images::Shared::new(Box::new(InMemory(shared.clone())));
+            let _ = vmpod::diskboot::inspect_disk(image, "fuzz").outcome;
+            restore(&mut shared.lock().expect("bytes"), changed);
+        }
+    }
+}
+
+/// An in-memory disk image the test can change between reads.
+#[derive(Debug)]
+struct InMemory(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl vmpod::images::DiskImage for InMemory {
+    fn size(&self) -> u64 {
+        self.0.lock().expect("bytes").len() as u64
+    }
+    fn read_at(&mut self, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
+        read_from(&self.0.lock().expect("bytes"), buf, offset)
+    }
+    fn write_at(&mut self, _: &[u8], _: u64) -> std::io::Result<()> {
+        Err(std::io::Error::from(std::io::ErrorKind::PermissionDenied))
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+    fn write_zeroes(&mut self, _: u64, _: u64) -> std::io::Result<()> {
+        Err(std::io::Error::from(std::io::ErrorKind::PermissionDenied))
+    }
+    fn discard(&mut self, _: u64, _: u64) -> std::io::Result<()> {
+        Ok(())
+    }
+    fn format(&self) -> vmpod::images::Format {
+        vmpod::images::Format::Raw
+    }
+}
