@@ -362,20 +362,30 @@ fn hostile_and_unbootable_disks_are_clear_errors() {
         .arg(&image)
         .arg("64M"));
     let raw = disk(&scratch, "huge.raw", "gpt", &[("linux", &image)]);
-    let definition = disk_definition(&scratch, "huge", &raw);
-    let output = Command::new(VMPOD)
-        .args(["launch", "--file"])
-        .arg(&definition)
-        .arg("--run-dir")
-        .arg(scratch.0.join("run-huge"))
-        .arg("--scratch-dir")
-        .arg(scratch.0.join("scratch-huge"))
-        .output()
-        .expect("vmpod runs");
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    let stderr = launch_failure(&scratch, "huge", &raw);
     assert!(
         stderr.contains("is 4294967296 bytes, more than the 268435456 bytes vmpod reads for it"),
+        "{stderr}"
+    );
+    // An initrd larger than the guest's 16 MiB is refused before it is read.
+    let root = scratch.0.join("big-initrd.root");
+    populate(&root, &[("/vmlinuz", b"kernel")]);
+    std::fs::File::create(root.join("initrd.img"))
+        .expect("initrd")
+        .set_len(20 << 20)
+        .expect("sparse");
+    let image = scratch.0.join("big-initrd.ext4");
+    run(Command::new("mkfs.ext4")
+        .args(["-q", "-F", "-U", UUID, "-d"])
+        .arg(&root)
+        .arg(&image)
+        .arg("32M"));
+    let raw = disk(&scratch, "big-initrd.raw", "gpt", &[("linux", &image)]);
+    let stderr = launch_failure(&scratch, "big-initrd", &raw);
+    assert!(
+        stderr.contains(
+            "/initrd.img is 20971520 bytes, more than the 16777216 bytes vmpod reads for it"
+        ),
         "{stderr}"
     );
 
@@ -431,6 +441,23 @@ fn hostile_and_unbootable_disks_are_clear_errors() {
         stderr.contains("no Linux kernel vmpod can boot: the disk: unknown contents"),
         "{stderr}"
     );
+}
+
+/// What `vmpod launch` says when booting `disk` fails (exit status 1).
+fn launch_failure(scratch: &Scratch, name: &str, disk: &Path) -> String {
+    let definition = disk_definition(scratch, name, disk);
+    let output = Command::new(VMPOD)
+        .args(["launch", "--file"])
+        .arg(&definition)
+        .arg("--run-dir")
+        .arg(scratch.0.join(format!("run-{name}")))
+        .arg("--scratch-dir")
+        .arg(scratch.0.join(format!("scratch-{name}")))
+        .output()
+        .expect("vmpod runs");
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    stderr
 }
 
 /// A VM booting `disk` (a hostDisk) with no kernelBoot.

@@ -438,8 +438,7 @@ fn check_virtio_mmio(disk: &Disk, kernel: &(usize, String)) -> Result<(), DiskBo
 pub fn stage(
     disk: &Disk,
     chosen: &Chosen,
-    kernel: &mut dyn std::io::Write,
-    initrd: &mut dyn std::io::Write,
+    sinks: super::Sinks,
 ) -> Result<super::Staged, DiskBootError> {
     let copy =
         |(index, path): &(usize, String), limit: u64, sink: &mut dyn std::io::Write, what: &str| {
@@ -462,10 +461,11 @@ pub fn stage(
                     path: path.clone(),
                 })
         };
-    copy(&chosen.kernel, MAX_KERNEL, kernel, "kernel")?;
+    copy(&chosen.kernel, MAX_KERNEL, sinks.kernel, "kernel")?;
+    let initrd_limit = sinks.initrd_limit.min(MAX_INITRD);
     let mut initrd_bytes = 0;
     for file in &chosen.initrds {
-        initrd_bytes += copy(file, MAX_INITRD - initrd_bytes, initrd, "initrd")?;
+        initrd_bytes += copy(file, initrd_limit - initrd_bytes, sinks.initrd, "initrd")?;
     }
     Ok(super::Staged {
         cmdline: chosen.cmdline.clone(),

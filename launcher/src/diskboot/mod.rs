@@ -229,15 +229,19 @@ pub struct Staged {
     pub description: String,
 }
 
-/// Chooses the boot entry of `image` and copies its kernel into `kernel`
-/// and its initrds (concatenated, as Linux accepts them) into `initrd`.
-pub fn stage(
-    image: Shared,
-    disk_name: &str,
-    kernel: &mut dyn io::Write,
-    initrd: &mut dyn io::Write,
-) -> Result<Staged, DiskBootError> {
+/// Where staged files go, and how much they may hold.
+pub struct Sinks<'a> {
+    pub kernel: &'a mut dyn io::Write,
+    pub initrd: &'a mut dyn io::Write,
+    /// The initrds' total may not exceed this (nor [`MAX_INITRD`]): more
+    /// could not fit in guest memory anyway.
+    pub initrd_limit: u64,
+}
+
+/// Chooses the boot entry of `image` and copies its kernel and its
+/// initrds (concatenated, as Linux accepts them) into the sinks.
+pub fn stage(image: Shared, disk_name: &str, sinks: Sinks) -> Result<Staged, DiskBootError> {
     let inspection = inspect_disk(image, disk_name);
     let chosen = inspection.outcome?;
-    choose::stage(&inspection.disk, &chosen, kernel, initrd)
+    choose::stage(&inspection.disk, &chosen, sinks)
 }

@@ -33,12 +33,21 @@ pub enum BootDiskError {
     NotAttached(String),
 }
 
-/// Chooses and stages what `disk` boots.
-pub fn stage(disk: Option<&Shared>, disk_name: &str) -> Result<StagedBoot, BootDiskError> {
+/// Chooses and stages what `disk` boots in a guest of `memory_bytes`.
+pub fn stage(
+    disk: Option<&Shared>,
+    disk_name: &str,
+    memory_bytes: u64,
+) -> Result<StagedBoot, BootDiskError> {
     let disk = disk.ok_or_else(|| BootDiskError::NotAttached(disk_name.to_owned()))?;
     let mut kernel = memory_file(c"vmpod-kernel").map_err(BootDiskError::MemoryFile)?;
     let mut initrd = memory_file(c"vmpod-initrd").map_err(BootDiskError::MemoryFile)?;
-    let staged = diskboot::stage(disk.clone(), disk_name, &mut kernel, &mut initrd)?;
+    let sinks = diskboot::Sinks {
+        kernel: &mut kernel,
+        initrd: &mut initrd,
+        initrd_limit: memory_bytes,
+    };
+    let staged = diskboot::stage(disk.clone(), disk_name, sinks)?;
     log::info!("disk {disk_name}: booting {}", staged.description);
     log::info!("kernel command line: {}", staged.cmdline);
     Ok(StagedBoot {

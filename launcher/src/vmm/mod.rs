@@ -502,7 +502,11 @@ impl Vmm<'_> {
         boot::write_reset_vector(&self.guest_memory)?;
         cpu::write_boot_tables(&self.guest_memory)?;
         let staged = match &config.boot {
-            Boot::Disk(disk) => Some(boot_disk::stage(self.boot_disk.as_ref(), &disk.disk)?),
+            Boot::Disk(disk) => Some(boot_disk::stage(
+                self.boot_disk.as_ref(),
+                &disk.disk,
+                config.memory_bytes,
+            )?),
             Boot::Kernel(_) => None,
         };
         let (kernel, initrd, cmdline) = match (&config.boot, &staged) {
