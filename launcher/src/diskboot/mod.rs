@@ -225,7 +225,7 @@ pub struct Staged {
     pub cmdline: String,
     /// Bytes written to the initrd sink (0: no initrd).
     pub initrd_bytes: u64,
-    /// `/boot/vmlinuz-… on partition 1 (grub.cfg: "Debian GNU/Linux")`.
+    /// `/boot/vmlinuz-… from partition 1 (/boot/grub/grub.cfg on partition 1: "Debian GNU/Linux")`.
     pub description: String,
 }
 

@@ -166,7 +166,7 @@ pub fn run(kvm: &Kvm, config: &VmConfig, io: VmmIo) -> Result<Outcome, VmmError>
         .map_err(io_error("create the console output buffer"))?;
     let writer = console::ConsoleWriter::new(output.clone(), io.console_tee);
     let mut platform = platform::build(&io.command_sender, Box::new(writer))?;
-    let (virtio_slots, boot_disk) = add_virtio_devices(
+    let (virtio_slots, boot_disk) = virtio::add_devices(
         config,
         &io.scratch_dir,
         &io.block_devices,
@@ -255,102 +255,6 @@ fn event_loop_for(
             .map_err(io_error("watch a virtio device's queues"))?;
     }
     Ok((events, transports))
-}
-
-/// The virtio devices the definition asks for, in DSDT order: the disks
-/// in their order, then the rest.
-fn add_virtio_devices(
-    config: &VmConfig,
-    scratch: &std::path::Path,
-    block_devices: &crate::api::SharedBlockDevices,
-    events: &EventSender,
-    devices: &mut device_manager::DeviceManager,
-    memory: &Arc<GuestMemoryMmap>,
-) -> Result<(Vec<virtio::VirtioSlot>, Option<crate::images::Shared>), VmmError> {
-    let mut slots = Vec::new();
-    let mut attached = Vec::new();
-    let mut boot_disk = None;
-    for disk in &config.disks {
-        let opened = disks::open(disk, scratch, &config.identity)?;
-        let size_bytes = opened.image.size();
-        let format = opened.image.format().name();
-        log::info!(
-            "disk {}: {} {} bytes{}",
-            opened.name,
-            format,
-            size_bytes,
-            if opened.readonly { ", read-only" } else { "" }
-        );
-        attached.push(crate::api::BlockDevice {
-            name: opened.name.clone(),
-            file: opened.path.display().to_string(),
-            backing_file: opened.base.map(|base| base.display().to_string()),
-            format,
-            readonly: opened.readonly,
-            size_bytes,
-        });
-        let mut image = opened.image;
-        if matches!(&config.boot, crate::spec::config::Boot::Disk(boot) if boot.disk == opened.name)
-        {
-            let shared = crate::images::Shared::new(image);
-            boot_disk = Some(shared.clone());
-            image = Box::new(shared);
-        }
-        let block = Box::new(
-            crate::devices::virtio::block::Block::new(
-                &opened.name,
-                image,
-                opened.readonly,
-                opened.serial.as_deref(),
-            )
-            .with_events(events.clone()),
-        );
-        let name = format!("virtio-blk {}", opened.name);
-        slots.push(virtio::add(
-            devices,
-            slots.len() as u8,
-            &name,
-            block,
-            memory,
-        )?);
-    }
-    block_devices.set(attached);
-    // Only one NIC can forward every port of the pod: the first that
-    // lists none.
-    let forwards_all = config.nics.iter().position(|nic| nic.ports.is_empty());
-    for (index, nic) in config.nics.iter().enumerate() {
-        if nic.ports.is_empty() && forwards_all != Some(index) {
-            log::warn!(
-                "NIC {}: lists no ports, but NIC {} already forwards all of the pod's ports; this one forwards none",
-                nic.name,
-                config.nics[forwards_all.unwrap_or(0)].name
-            );
-        }
-        let mac = network::parse_mac(&nic.name, &nic.mac)?;
-        let network::Started { backend, connect } =
-            network::start(nic, forwards_all == Some(index))?;
-        let net =
-            crate::devices::virtio::net::Net::new(&nic.name, mac, network::MTU, backend, connect)
-                .map_err(io_error("create a NIC's restart timer"))?;
-        slots.push(virtio::add(
-            devices,
-            slots.len() as u8,
-            &format!("virtio-net {}", nic.name),
-            Box::new(net),
-            memory,
-        )?);
-    }
-    if config.rng {
-        let rng = Box::new(crate::devices::virtio::rng::Rng::default());
-        slots.push(virtio::add(
-            devices,
-            slots.len() as u8,
-            "virtio-rng",
-            rng,
-            memory,
-        )?);
-    }
-    Ok((slots, boot_disk))
 }
 
 /// What is left of the commands queued when a boot ended, for the next

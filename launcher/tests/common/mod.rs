@@ -2,6 +2,8 @@
 //! tiny guests, a watchdog on every run, and expect-style waiting on output.
 #![allow(dead_code)] // each test file uses a different part
 
+pub mod disk_images;
+
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, Stdio};
