@@ -19,7 +19,6 @@ is not cached (needs root and debootstrap). Takes several minutes.
 usage: benches/nested_cloud_boot.py [--rounds N]   (after cargo build --release)
 """
 
-import argparse
 import pathlib
 import statistics
 import sys
@@ -31,20 +30,8 @@ FIGURES = (("first_message", "first kernel message"), ("cloud_init_final", "clou
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--rounds", type=int, default=2)
-    args = parser.parse_args()
-    vmpod = harness.TARGET / "release" / "vmpod"
-    if not vmpod.exists():
-        sys.exit(f"{vmpod} is missing: cargo build --release first")
-    scenarios = []
-    for round_number in range(args.rounds):
-        # vmpod first: QEMU uses the seed disk vmpod built.
-        scenarios += [f"vmpod-{round_number} cloud 2", f"qemu-{round_number} qemucloud 2"]
-    try:
-        runs = harness.run(vmpod, *scenarios, timeout=600 * len(scenarios))
-    except harness.Unavailable as why:
-        sys.exit(f"cannot run: {why}")
+    # vmpod first in each round: QEMU boots with the seed disk vmpod built.
+    rounds, runs = harness.bench_runs(__doc__, lambda number: [f"vmpod-{number} cloud 2", f"qemu-{number} qemucloud 2"], timeout=1200 * 2 * 4)
     results = {"vmpod": {}, "qemu": {}}
     for name, run in runs.items():
         vmm = name.split("-")[0]
@@ -56,7 +43,7 @@ def main():
             found = harness.value(run, key)
             if found not in (None, "-"):
                 results[vmm].setdefault(key, []).append(float(found))
-    print(f"{'seconds from VMM start':<24} {'vmpod':>8} {'QEMU+SeaBIOS+GRUB':>18}   (median of {args.rounds} rounds)")
+    print(f"{'seconds from VMM start':<24} {'vmpod':>8} {'QEMU+SeaBIOS+GRUB':>18}   (median of {rounds} rounds)")
     for key, label in FIGURES:
         cells = []
         for vmm in ("vmpod", "qemu"):

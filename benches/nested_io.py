@@ -16,7 +16,6 @@ nothing is asserted. Takes several minutes.
 usage: benches/nested_io.py [--rounds N]   (after cargo build --release)
 """
 
-import argparse
 import pathlib
 import re
 import statistics
@@ -38,19 +37,7 @@ def figures(run):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--rounds", type=int, default=2)
-    args = parser.parse_args()
-    vmpod = harness.TARGET / "release" / "vmpod"
-    if not vmpod.exists():
-        sys.exit(f"{vmpod} is missing: cargo build --release first")
-    scenarios = []
-    for round_number in range(args.rounds):
-        scenarios += [f"vmpod-{round_number} vmpod 2 bench poweroff", f"qemu-{round_number} qemuio 2 bench poweroff"]
-    try:
-        runs = harness.run(vmpod, *scenarios, timeout=3600)
-    except harness.Unavailable as why:
-        sys.exit(f"cannot run: {why}")
+    rounds, runs = harness.bench_runs(__doc__, lambda number: [f"vmpod-{number} vmpod 2 bench poweroff", f"qemu-{number} qemuio 2 bench poweroff"], timeout=3600)
     results = {"vmpod": {}, "qemu": {}}
     for name, run in runs.items():
         vmm = name.split("-")[0]
@@ -61,7 +48,7 @@ def main():
             print(f"{name}: no figures; its output:\n{run['stdout']}\n{run['stderr']}", file=sys.stderr)
         for test, value in found.items():
             results[vmm].setdefault(test, []).append(value)
-    print(f"{'test':<16} {'vmpod':>22} {'QEMU microvm':>22}   (median of {args.rounds} rounds)")
+    print(f"{'test':<16} {'vmpod':>22} {'QEMU microvm':>22}   (median of {rounds} rounds)")
     for test in TESTS:
         cells = []
         for vmm in ("vmpod", "qemu"):

@@ -11,7 +11,6 @@ Figures only; nothing is asserted. Takes several minutes (L1 is emulated).
 usage: benches/nested_linux_boot.py [--rounds N]   (after cargo build --release)
 """
 
-import argparse
 import pathlib
 import re
 import statistics
@@ -22,23 +21,10 @@ import harness  # noqa: E402
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--rounds", type=int, default=2)
-    args = parser.parse_args()
-    vmpod = harness.TARGET / "release" / "vmpod"
-    if not vmpod.exists():
-        sys.exit(f"{vmpod} is missing: cargo build --release first")
-    scenarios = []
-    for round_number in range(args.rounds):
-        scenarios += [f"vmpod-{round_number} vmpod 1 poweroff", f"qemu-{round_number} qemu 1 poweroff"]
-    try:
-        runs = harness.run(vmpod, *scenarios, timeout=3600)
-    except harness.Unavailable as why:
-        sys.exit(f"cannot run: {why}")
+    rounds, runs = harness.bench_runs(__doc__, lambda number: [f"vmpod-{number} vmpod 1 poweroff", f"qemu-{number} qemu 1 poweroff"], timeout=3600)
     figures = {"vmpod": {"init": [], "prompt": []}, "qemu": {"init": [], "prompt": []}}
     print("boot of the Debian cloud kernel to /init, 1 vCPU, 256 MiB, inside one L1")
-    for scenario in scenarios:
-        name = scenario.split()[0]
+    for name in [f"{vmm}-{number}" for number in range(rounds) for vmm in ("vmpod", "qemu")]:
         run = runs.get(name, {"result": [], "stdout": ""})
         vmm = name.split("-")[0]
         init = re.search(r"reached /init after ([0-9.]+) s", run["stdout"])

@@ -32,3 +32,12 @@ def run_nested(vmpod_binary, *scenarios):
         return harness.run(vmpod_binary, *scenarios)
     except harness.Unavailable as why:
         not_here(str(why))
+
+
+def result(run, key):
+    """KEY=VALUE from a nested scenario's RESULT lines; fails the test,
+    showing what the scenario printed, when it is missing."""
+    found = harness.value(run, key)
+    if found is None:
+        pytest.fail(f"no {key} in {run['result']}\n{run['stdout'][-4000:]}\n{run['stderr']}")
+    return found

@@ -9,19 +9,12 @@ firmware runs."""
 import pytest
 
 import harness
-from conftest import run_nested
+from conftest import result, run_nested
 
 
 @pytest.fixture(scope="module")
 def cloud(vmpod_binary):
     return run_nested(vmpod_binary, "cloudboot cloud 2")["cloudboot"]
-
-
-def result(run, key):
-    found = harness.value(run, key)
-    if found is None:
-        pytest.fail(f"no {key} in {run['result']}\n{run['stdout'][-3000:]}\n{run['stderr']}")
-    return found
 
 
 def test_vmpod_boots_the_kernel_grub_cfg_names(cloud):

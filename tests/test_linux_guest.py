@@ -6,7 +6,7 @@ are skipped with that reason, never passed."""
 import pytest
 
 import harness
-from conftest import run_nested
+from conftest import result, run_nested
 
 SCENARIOS = (
     "poweroff vmpod 2 poweroff",
@@ -22,13 +22,6 @@ SCENARIOS = (
 @pytest.fixture(scope="module")
 def nested(vmpod_binary):
     return run_nested(vmpod_binary, *SCENARIOS)
-
-
-def result(run, key):
-    found = harness.value(run, key)
-    if found is None:
-        pytest.fail(f"no {key} in {run['result']}\n{run['stdout']}\n{run['stderr']}")
-    return found
 
 
 def test_linux_reaches_init_and_sees_every_vcpu(nested):

@@ -1,9 +1,11 @@
 """Runs the nested Linux-guest harness (prepare.sh, run.sh) and reads its
 results; used by the pytest suite and by the benchmarks."""
 
+import argparse
 import os
 import pathlib
 import shutil
+import sys
 import subprocess
 import threading
 import time
@@ -109,3 +111,20 @@ def value(run, key):
             if word.startswith(key + "="):
                 return word.split("=", 1)[1]
     return None
+
+
+def bench_runs(description, scenarios_for_round, timeout):
+    """What the nested benches share: --rounds N (default 2), the release
+    vmpod, and one harness run of scenarios_for_round(n) for each round.
+    Returns (rounds, runs); exits with the reason where it cannot run."""
+    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rounds", type=int, default=2)
+    rounds = parser.parse_args().rounds
+    vmpod = TARGET / "release" / "vmpod"
+    if not vmpod.exists():
+        sys.exit(f"{vmpod} is missing: cargo build --release first")
+    scenarios = [scenario for number in range(rounds) for scenario in scenarios_for_round(number)]
+    try:
+        return rounds, run(vmpod, *scenarios, timeout=timeout)
+    except Unavailable as why:
+        sys.exit(f"cannot run: {why}")
