@@ -503,3 +503,49 @@ fn an_esp_with_bls_entries_boots_and_one_with_only_ukis_is_named() {
         "{stderr}"
     );
 }
+
+/// Makes FAT directory `name` (in the root directory of a FAT16 image)
+/// loop: its cluster points back at itself and holds only deleted
+/// entries, so a reader following it would never reach its end.
+fn make_directory_loop(image: &mut [u8], name: &[u8; 11]) {
+    let le16 = |at: usize| usize::from(u16::from_le_bytes([image[at], image[at + 1]]));
+    let (bytes_per_sector, sectors_per_cluster) = (le16(11), usize::from(image[13]));
+    let (reserved, fats, root_entries, fat_sectors) =
+        (le16(14), usize::from(image[16]), le16(17), le16(22));
+    assert!(fat_sectors > 0, "a FAT12/16 image");
+    let root = (reserved + fats * fat_sectors) * bytes_per_sector;
+    let entry = (0..root_entries)
+        .map(|index| root + index * 32)
+        .find(|&at| &image[at..at + 11] == name)
+        .expect("the directory's entry");
+    let cluster = le16(entry + 26);
+    for fat in 0..fats {
+        let at = (reserved + fat * fat_sectors) * bytes_per_sector + cluster * 2;
+        image[at..at + 2].copy_from_slice(&(cluster as u16).to_le_bytes());
+    }
+    let data = root + root_entries * 32 + (cluster - 2) * sectors_per_cluster * bytes_per_sector;
+    image[data..data + sectors_per_cluster * bytes_per_sector].fill(0xe5);
+}
+
+#[test]
+fn a_looping_fat_directory_is_an_error_not_a_hang() {
+    if !tools_here("fat_loop") {
+        return;
+    }
+    let scratch = Scratch::new("fat-loop");
+    let esp = fat(&scratch, "loop", &[("/loader/placeholder", b"x")]);
+    let mut bytes = std::fs::read(&esp).expect("image");
+    make_directory_loop(&mut bytes, b"LOADER     ");
+    std::fs::write(&esp, bytes).expect("image");
+    let raw = disk(&scratch, "loop.raw", "gpt", &[("uefi", &esp)]);
+    let started = std::time::Instant::now();
+    let (code, _, stderr) = inspect(&raw);
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(stderr.contains("/loader/entries: "), "{stderr}");
+    assert!(stderr.contains("loops or is damaged"), "{stderr}");
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "{:?}",
+        started.elapsed()
+    );
+}

@@ -6,7 +6,13 @@
 
 use std::io::{Read, Seek, SeekFrom, Write};
 
-use super::{DiskRead, PartitionReader};
+use super::{DiskRead, PartitionReader, ReadBudget};
+
+/// What one lookup or directory listing may read (metadata only): a
+/// directory of 4096 FAT entries is 128 KiB.
+const LOOKUP_BUDGET: u64 = 16 << 20;
+/// What opening may read: ext4 replays its journal (at most 1 GiB).
+const OPEN_BUDGET: u64 = 2 << 30;
 
 /// Directory listings longer than this are cut (a hostile disk could hold
 /// millions of entries in /boot/loader/entries).
@@ -93,8 +99,14 @@ pub enum FsError {
     Unreadable { path: String, reason: String },
 }
 
-/// A file system vmpod can read files from.
-pub enum Mounted {
+/// A file system vmpod can read files from, each operation on a read
+/// budget.
+pub struct Mounted {
+    fs: Fs,
+    budget: ReadBudget,
+}
+
+enum Fs {
     Ext4(ext4_view::Ext4),
     Fat(Box<fatfs::FileSystem<ReadOnly>>),
 }
@@ -172,32 +184,38 @@ impl Mounted {
     /// Opens the file system of `kind` on `reader`; `None` for kinds vmpod
     /// cannot read, an error text for a damaged one.
     pub fn open(kind: FsKind, reader: PartitionReader) -> Option<Result<Mounted, String>> {
-        match kind {
-            FsKind::Ext => Some(
-                ext4_view::Ext4::load(Box::new(reader))
-                    .map(Mounted::Ext4)
-                    .map_err(|error| error.to_string()),
-            ),
+        let budget = ReadBudget::default();
+        budget.set(OPEN_BUDGET);
+        let reader = reader.with_budget(budget.clone());
+        let fs = match kind {
+            FsKind::Ext => ext4_view::Ext4::load(Box::new(reader))
+                .map(Fs::Ext4)
+                .map_err(|error| error.to_string()),
             FsKind::Fat => {
                 let storage = ReadOnly {
                     reader,
                     position: 0,
                 };
-                Some(
-                    fatfs::FileSystem::new(storage, fatfs::FsOptions::new())
-                        .map(|fs| Mounted::Fat(Box::new(fs)))
-                        .map_err(|error| error.to_string()),
-                )
+                fatfs::FileSystem::new(storage, fatfs::FsOptions::new())
+                    .map(|fs| Fs::Fat(Box::new(fs)))
+                    .map_err(|error| error.to_string())
             }
-            _ => None,
-        }
+            _ => return None,
+        };
+        Some(fs.map(|fs| Mounted { fs, budget }))
+    }
+
+    /// The file system, with `bytes` to read for what comes next.
+    fn budgeted(&self, bytes: u64) -> &Fs {
+        self.budget.set(bytes);
+        &self.fs
     }
 
     /// The UUID as `blkid` prints it (and `root=UUID=` expects it).
     pub fn uuid(&self) -> String {
-        match self {
-            Mounted::Ext4(fs) => fs.uuid().to_string(),
-            Mounted::Fat(fs) => {
+        match self.budgeted(LOOKUP_BUDGET) {
+            Fs::Ext4(fs) => fs.uuid().to_string(),
+            Fs::Fat(fs) => {
                 let id = fs.volume_id();
                 format!("{:04X}-{:04X}", id >> 16, id & 0xffff)
             }
@@ -205,25 +223,25 @@ impl Mounted {
     }
 
     pub fn label(&self) -> String {
-        match self {
-            Mounted::Ext4(fs) => fs.label().to_str().unwrap_or("").to_owned(),
-            Mounted::Fat(fs) => fs.volume_label().trim_end().to_owned(),
+        match self.budgeted(LOOKUP_BUDGET) {
+            Fs::Ext4(fs) => fs.label().to_str().unwrap_or("").to_owned(),
+            Fs::Fat(fs) => fs.volume_label().trim_end().to_owned(),
         }
     }
 
     /// The size of a regular file (following symlinks), `None` if absent.
     pub fn file_size(&self, path: &str) -> Result<Option<u64>, FsError> {
-        match self {
-            Mounted::Ext4(fs) => match fs.metadata(path) {
+        match self.budgeted(LOOKUP_BUDGET) {
+            Fs::Ext4(fs) => match fs.metadata(path) {
                 Ok(metadata) if metadata.is_dir() => Ok(None),
                 Ok(metadata) => Ok(Some(metadata.len())),
                 Err(error) if is_not_found(&error) => Ok(None),
                 Err(error) => Err(ext4_error(path, error)),
             },
-            Mounted::Fat(fs) => {
+            Fs::Fat(fs) => {
                 let relative = path.trim_start_matches('/');
                 let (parent, name) = relative.rsplit_once('/').unwrap_or(("", relative));
-                let entries = match fat_dir(fs, parent) {
+                let entries = match fat_dir(fs, parent).map_err(|error| fat_error(path, error))? {
                     Some(dir) => dir,
                     None => return Ok(None),
                 };
@@ -265,12 +283,12 @@ impl Mounted {
                 limit,
             });
         }
-        let copied = match self {
-            Mounted::Ext4(fs) => {
+        let copied = match self.budgeted(size.saturating_add(LOOKUP_BUDGET)) {
+            Fs::Ext4(fs) => {
                 let mut file = fs.open(path).map_err(|error| ext4_error(path, error))?;
                 std::io::copy(&mut (&mut file).take(size), sink)
             }
-            Mounted::Fat(fs) => {
+            Fs::Fat(fs) => {
                 let mut file = fs
                     .root_dir()
                     .open_file(path.trim_start_matches('/'))
@@ -292,8 +310,8 @@ impl Mounted {
     /// thousand; empty if it does not exist.
     pub fn list(&self, dir: &str) -> Result<Vec<String>, FsError> {
         let mut names = Vec::new();
-        match self {
-            Mounted::Ext4(fs) => {
+        match self.budgeted(LOOKUP_BUDGET) {
+            Fs::Ext4(fs) => {
                 let entries = match fs.read_dir(dir) {
                     Ok(entries) => entries,
                     Err(error) if is_not_found(&error) => return Ok(names),
@@ -308,8 +326,10 @@ impl Mounted {
                     }
                 }
             }
-            Mounted::Fat(fs) => {
-                let Some(entries) = fat_dir(fs, dir.trim_start_matches('/')) else {
+            Fs::Fat(fs) => {
+                let found = fat_dir(fs, dir.trim_start_matches('/'))
+                    .map_err(|error| fat_error(dir, error))?;
+                let Some(entries) = found else {
                     return Ok(names);
                 };
                 for entry in entries.iter().take(MAX_LISTED) {
@@ -323,26 +343,24 @@ impl Mounted {
         names.sort();
         Ok(names)
     }
-
-    /// Where a symlink points, if `path` is one (ext only: FAT has none).
-    pub fn read_link(&self, path: &str) -> Option<String> {
-        match self {
-            Mounted::Ext4(fs) => fs
-                .read_link(path)
-                .ok()
-                .and_then(|target| target.to_str().ok().map(str::to_owned)),
-            Mounted::Fat(_) => None,
-        }
-    }
 }
 
 type FatDir<'a> = fatfs::Dir<'a, ReadOnly>;
 
-fn fat_dir<'a>(fs: &'a fatfs::FileSystem<ReadOnly>, relative: &str) -> Option<FatDir<'a>> {
+/// A directory, `None` when it does not exist (or is not a directory).
+fn fat_dir<'a>(
+    fs: &'a fatfs::FileSystem<ReadOnly>,
+    relative: &str,
+) -> std::io::Result<Option<FatDir<'a>>> {
     let root = fs.root_dir();
     if relative.is_empty() {
-        Some(root)
-    } else {
-        root.open_dir(relative).ok()
+        return Ok(Some(root));
+    }
+    match root.open_dir(relative) {
+        Ok(dir) => Ok(Some(dir)),
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        // fatfs says InvalidInput when a path component is a file.
+        Err(error) if error.kind() == std::io::ErrorKind::InvalidInput => Ok(None),
+        Err(error) => Err(error),
     }
 }

@@ -40,12 +40,39 @@ pub trait DiskRead {
     fn read_exact_at(&mut self, buf: &mut [u8], offset: u64) -> io::Result<()>;
 }
 
+/// How many bytes one file-system operation may still read. A hostile
+/// file system can make its metadata loop (a FAT cluster chain pointing
+/// back at itself, full of deleted entries), and a reader following it
+/// would never return; with a budget it fails instead.
+#[derive(Clone, Debug, Default)]
+pub struct ReadBudget(std::rc::Rc<std::cell::Cell<u64>>);
+
+impl ReadBudget {
+    pub fn set(&self, bytes: u64) {
+        self.0.set(bytes);
+    }
+
+    fn spend(&self, bytes: usize) -> io::Result<()> {
+        let left = self.0.get();
+        match left.checked_sub(bytes as u64) {
+            Some(left) => {
+                self.0.set(left);
+                Ok(())
+            }
+            None => Err(io::Error::other(
+                "one lookup read more than vmpod allows: the file system's metadata loops or is damaged",
+            )),
+        }
+    }
+}
+
 /// A partition (or the whole disk) of a shared image, readable in bounds.
 #[derive(Clone, Debug)]
 pub struct PartitionReader {
     disk: Shared,
     start: u64,
     size: u64,
+    budget: Option<ReadBudget>,
 }
 
 impl PartitionReader {
@@ -55,6 +82,7 @@ impl PartitionReader {
             disk,
             start: 0,
             size,
+            budget: None,
         }
     }
 
@@ -63,7 +91,14 @@ impl PartitionReader {
             disk: self.disk.clone(),
             start: self.start + start,
             size,
+            budget: None,
         }
+    }
+
+    /// The same range, with every read charged to `budget`.
+    pub fn with_budget(mut self, budget: ReadBudget) -> Self {
+        self.budget = Some(budget);
+        self
     }
 }
 
@@ -83,6 +118,9 @@ impl DiskRead for PartitionReader {
                     self.size
                 ),
             ));
+        }
+        if let Some(budget) = &self.budget {
+            budget.spend(buf.len())?;
         }
         self.disk.read_at(buf, self.start + offset)
     }
