@@ -60,7 +60,7 @@ pub trait Files {
 /// The configuration chosen and the entry it boots.
 #[derive(Debug, Clone)]
 pub struct Chosen {
-    /// `grub.cfg at /boot/grub/grub.cfg on partition 1`.
+    /// Where the configuration was found: `/boot/grub/grub.cfg on partition 1`.
     pub config: String,
     pub menu: Menu,
     /// The default entry's files: (file system index, path).
