@@ -64,7 +64,7 @@ pub fn inspect_disk(path: &Path) -> ExitCode {
             detail.push_str(&format!(", label {:?}", found.label));
         }
         if let Some(problem) = &found.problem {
-            detail.push_str(&format!(", damaged: {problem}"));
+            detail.push_str(&format!(", unreadable: {problem}"));
         }
         println!("  [{index}] {heading}: {detail}");
     }

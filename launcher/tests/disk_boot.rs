@@ -9,7 +9,9 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use common::disk_images::{disk, ext4, fat, grub_cfg, populate, run, tools_here, UUID};
+use common::disk_images::{
+    disk, ext4, ext4_with_uuid, fat, grub_cfg, populate, run, tools_here, UUID,
+};
 use common::{guest, Scratch, VMPOD};
 
 fn inspect(image: &Path) -> (Option<i32>, String, String) {
@@ -326,7 +328,7 @@ fn hostile_and_unbootable_disks_are_clear_errors() {
     let (code, _, stderr) = inspect(&raw);
     assert_eq!(code, Some(2), "{stderr}");
     assert!(
-        stderr.contains("partition 1 (ext2/3/4) is damaged"),
+        stderr.contains("partition 1 (ext2/3/4) cannot be read (damaged"),
         "{stderr}"
     );
 
@@ -547,5 +549,68 @@ fn a_looping_fat_directory_is_an_error_not_a_hang() {
         started.elapsed() < Duration::from_secs(20),
         "{:?}",
         started.elapsed()
+    );
+}
+
+#[test]
+fn an_ubuntu_layout_boots_through_the_esp_stub_to_a_separate_boot() {
+    if !tools_here("ubuntu_layout") {
+        return;
+    }
+    // Ubuntu 24.04's cloud image: the root (p1) has an empty /boot, the
+    // ESP's grub.cfg finds the BOOT partition by UUID and hands over to
+    // the grub.cfg there, whose entries name /vmlinuz-… on it.
+    let scratch = Scratch::new("ubuntu-layout");
+    let boot_uuid = "0f0e0d0c-0b0a-4909-8807-060504030201";
+    let root = ext4(
+        &scratch,
+        "root",
+        &[("/boot/.keep", b""), ("/etc/hostname", b"ubuntu")],
+    );
+    let stub = format!(
+        "search.fs_uuid {boot_uuid} root\nset prefix=($root)'/grub'\nconfigfile $prefix/grub.cfg\n"
+    );
+    let esp = fat(
+        &scratch,
+        "esp",
+        &[("/EFI/ubuntu/grub.cfg", stub.as_bytes())],
+    );
+    let cfg = format!(
+        "set default=\"0\"\nmenuentry 'Ubuntu' --class ubuntu $menuentry_id_option 'gnulinux-simple' {{\n\tsearch --no-floppy --fs-uuid --set=root {boot_uuid}\n\tlinux\t/vmlinuz-6.8.0-45-generic root=LABEL=cloudimg-rootfs ro console=tty1 console=ttyS0\n\tinitrd\t/initrd.img-6.8.0-45-generic\n}}\n"
+    );
+    let boot = ext4_with_uuid(
+        &scratch,
+        "boot",
+        boot_uuid,
+        &[
+            ("/grub/grub.cfg", cfg.as_bytes()),
+            ("/vmlinuz-6.8.0-45-generic", b"kernel"),
+            ("/initrd.img-6.8.0-45-generic", b"initrd"),
+            ("/config-6.8.0-45-generic", b"CONFIG_VIRTIO_MMIO=y\n"),
+        ],
+    );
+    let raw = disk(
+        &scratch,
+        "ubuntu.raw",
+        "gpt",
+        &[("linux", &root), ("uefi", &esp), ("linux", &boot)],
+    );
+    let (code, stdout, stderr) = inspect(&raw);
+    assert_eq!(code, Some(0), "{stdout}{stderr}");
+    assert!(
+        stdout.contains("boot configuration: /EFI/ubuntu/grub.cfg on partition 2"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("  kernel  /vmlinuz-6.8.0-45-generic on partition 3"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("  initrd  /initrd.img-6.8.0-45-generic on partition 3"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("  cmdline root=LABEL=cloudimg-rootfs ro console=tty1 console=ttyS0\n"),
+        "{stdout}"
     );
 }

@@ -292,7 +292,7 @@ fn nothing_found(disk: &Disk) -> Vec<String> {
     for (index, found) in disk.found.iter().enumerate() {
         let at = disk.where_is(index);
         let reason = match (found.kind, &found.problem) {
-            (_, Some(problem)) => format!("{at} ({}) is damaged: {problem}", found.kind.name()),
+            (_, Some(problem)) => format!("{at} ({}) cannot be read (damaged, or using features vmpod's reader lacks): {problem}", found.kind.name()),
             (FsKind::Xfs | FsKind::Btrfs, _) => format!(
                 "{at} holds {}, which vmpod cannot read yet (/boot must be on ext2/3/4 or FAT)",
                 found.kind.name()

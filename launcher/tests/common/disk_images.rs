@@ -54,11 +54,21 @@ pub fn populate(root: &Path, files: &[(&str, &[u8])]) {
 
 /// An ext4 file system image holding `files`.
 pub fn ext4(scratch: &Scratch, name: &str, files: &[(&str, &[u8])]) -> PathBuf {
+    ext4_with_uuid(scratch, name, UUID, files)
+}
+
+/// An ext4 file system image with the given UUID holding `files`.
+pub fn ext4_with_uuid(
+    scratch: &Scratch,
+    name: &str,
+    uuid: &str,
+    files: &[(&str, &[u8])],
+) -> PathBuf {
     let root = scratch.0.join(format!("{name}.root"));
     populate(&root, files);
     let image = scratch.0.join(format!("{name}.ext4"));
     run(Command::new("mkfs.ext4")
-        .args(["-q", "-F", "-U", UUID, "-L", "root", "-d"])
+        .args(["-q", "-F", "-U", uuid, "-L", "root", "-d"])
         .arg(&root)
         .arg(&image)
         .arg("32M"));
