@@ -1,5 +1,6 @@
 //! `vmpod launch`: composes one VM's run from its parts — the host checks,
-//! the run directory and its sockets, the control plane on its thread, the
+//! the run directory and its sockets, the `launch.d` hooks, the control
+//! plane on its thread, the
 //! VMM on this one — wires them together through `api` (commands, events,
 //! status, the typed-input socket), and takes everything down again in
 //! order when the VM ends. The only module that knows both the VMM and
@@ -31,6 +32,8 @@ pub enum LaunchError {
     #[error(transparent)]
     RunDir(#[from] crate::control::rundir::RunDirError),
     #[error(transparent)]
+    Hook(#[from] crate::hooks::HookError),
+    #[error(transparent)]
     Vmm(#[from] vmm::VmmError),
     #[error("cannot {what}")]
     Io {
@@ -57,6 +60,8 @@ pub struct LaunchOptions {
     pub stdout_buffer: usize,
     /// Where emptyDisks are created (an emptyDir in a pod).
     pub scratch_dir: std::path::PathBuf,
+    /// The `launch.d` hooks run before boot (`/etc/vmpod/launch.d`).
+    pub hook_dir: std::path::PathBuf,
 }
 
 /// Where emptyDisks go by default.
@@ -69,13 +74,20 @@ pub fn run(config: &VmConfig, options: &LaunchOptions) -> Result<Outcome, Launch
         .map_err(io_error("take SIGTERM and SIGINT"))?;
     let kvm = host::open_kvm()?;
     host::warn_if_pvm();
+    let run_dir = RunDir::create(&options.run_dir)?;
+    let hooks = crate::hooks::Hooks {
+        dir: &options.hook_dir,
+        run_dir: &options.run_dir,
+        scratch_dir: &options.scratch_dir,
+    };
+    let changed = crate::hooks::run(&hooks, config)?;
+    let config = changed.as_ref().unwrap_or(config);
     warn_about_unbuilt_devices(config);
     host::check_memory(
         config.memory_bytes,
         host::container_memory_limit(),
         host::host_memory_total(),
     )?;
-    let run_dir = RunDir::create(&options.run_dir)?;
     run_dir.link_helpers();
     let serial_listener = run_dir.listen(SERIAL_SOCKET)?;
     let listeners = Listeners {

@@ -12,6 +12,7 @@ pub mod control;
 pub mod devices;
 pub mod diskboot;
 pub mod helpers;
+pub mod hooks;
 pub mod images;
 pub mod launch;
 pub mod logging;

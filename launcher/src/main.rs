@@ -67,6 +67,10 @@ enum Command {
         /// Where emptyDisks are created (an emptyDir volume in a pod)
         #[arg(long, env = "VMPOD_SCRATCH_DIR", default_value = vmpod::launch::DEFAULT_SCRATCH_DIR, value_name = "DIR")]
         scratch_dir: PathBuf,
+        /// Executables run in name order before the VM boots (run-parts style);
+        /// a failing one stops the launch
+        #[arg(long, env = "VMPOD_LAUNCH_DIR", default_value = vmpod::hooks::DEFAULT_HOOK_DIR, value_name = "DIR")]
+        launch_dir: PathBuf,
     },
     /// Check VM definitions and print every problem with its YAML path
     Validate {
@@ -183,6 +187,7 @@ fn main() -> ExitCode {
             serial_client_backlog,
             stdout_buffer,
             scratch_dir,
+            launch_dir,
         } => {
             let options = vmpod::launch::LaunchOptions {
                 run_dir,
@@ -190,6 +195,7 @@ fn main() -> ExitCode {
                 serial_client_backlog,
                 stdout_buffer,
                 scratch_dir,
+                hook_dir: launch_dir,
             };
             cli::launch(&file, name.as_deref(), &options)
         }
