@@ -348,13 +348,7 @@ fn hostile_and_unbootable_disks_are_clear_errors() {
 /// What `vmpod launch` says when booting `disk` fails (exit status 1).
 fn launch_failure(scratch: &Scratch, name: &str, disk: &Path) -> String {
     let definition = disk_definition(scratch, name, disk);
-    let output = Command::new(VMPOD)
-        .args(["launch", "--file"])
-        .arg(&definition)
-        .arg("--run-dir")
-        .arg(scratch.0.join(format!("run-{name}")))
-        .arg("--scratch-dir")
-        .arg(scratch.0.join(format!("scratch-{name}")))
+    let output = common::launch_command(scratch, &definition)
         .output()
         .expect("vmpod runs");
     let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
@@ -422,15 +416,7 @@ fn the_disk_is_read_again_at_every_boot() {
     let root = ext4(&scratch, "first", &first);
     let raw = disk(&scratch, "boot.raw", "gpt", &[("linux", &root)]);
     let definition = disk_definition(&scratch, "rereads", &raw);
-    let mut vm = common::launch_with(
-        Command::new(VMPOD)
-            .args(["launch", "--file"])
-            .arg(&definition)
-            .arg("--run-dir")
-            .arg(scratch.0.join("run"))
-            .arg("--scratch-dir")
-            .arg(scratch.0.join("scratch")),
-    );
+    let mut vm = common::launch_with(&mut common::launch_command(&scratch, &definition));
     vm.expect("reboot guest ready", Duration::from_secs(20));
     vm.expect_log(
         "(/boot/grub/grub.cfg on partition 1: \"reboot\")",

@@ -7,10 +7,9 @@ mod common;
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
-use std::process::Command;
 use std::time::Duration;
 
-use common::{guest, Scratch, VMPOD};
+use common::{guest, launch_command, Scratch};
 
 fn hook(dir: &Path, name: &str, script: &str, executable: bool) {
     std::fs::create_dir_all(dir).expect("hook dir");
@@ -22,13 +21,7 @@ fn hook(dir: &Path, name: &str, script: &str, executable: bool) {
 
 fn launch(scratch: &Scratch, definition: &Path, hooks: &Path) -> common::Finished {
     common::launch_with(
-        Command::new(VMPOD)
-            .args(["launch", "--file"])
-            .arg(definition)
-            .arg("--run-dir")
-            .arg(scratch.0.join("run"))
-            .arg("--scratch-dir")
-            .arg(scratch.0.join("scratch"))
+        launch_command(scratch, definition)
             .arg("--launch-dir")
             .arg(hooks),
     )
@@ -146,11 +139,7 @@ fn a_hook_that_edits_the_configuration_changes_the_vm() {
         true,
     );
     let mut vm = common::launch_with(
-        Command::new(VMPOD)
-            .args(["launch", "--file"])
-            .arg(&definition)
-            .arg("--run-dir")
-            .arg(scratch.0.join("run"))
+        launch_command(&scratch, &definition)
             .arg("--launch-dir")
             .arg(&hooks),
     );
@@ -217,13 +206,7 @@ fn the_example_hooks_describe_the_vm_and_guard_the_scratch_space() {
     );
 
     let demanding = common::launch_with(
-        Command::new(VMPOD)
-            .args(["launch", "--file"])
-            .arg(&definition)
-            .arg("--run-dir")
-            .arg(scratch.0.join("run"))
-            .arg("--scratch-dir")
-            .arg(scratch.0.join("scratch"))
+        launch_command(&scratch, &definition)
             .arg("--launch-dir")
             .arg(&examples)
             .env("VMPOD_MIN_SCRATCH_MIB", "999999999"),

@@ -193,6 +193,20 @@ pub fn launch(definition: &Path) -> Running {
     )
 }
 
+/// `vmpod launch` of `definition` with its run and scratch directories
+/// in `scratch`; callers add options and start it with `launch_with`.
+pub fn launch_command(scratch: &Scratch, definition: &Path) -> Command {
+    let mut command = Command::new(VMPOD);
+    command
+        .args(["launch", "--file"])
+        .arg(definition)
+        .arg("--run-dir")
+        .arg(scratch.0.join("run"))
+        .arg("--scratch-dir")
+        .arg(scratch.0.join("scratch"));
+    command
+}
+
 /// The run directory `launch` gives the VM of `definition`.
 pub fn run_dir_for(definition: &Path) -> PathBuf {
     definition.parent().unwrap_or(Path::new(".")).join("run")
