@@ -77,15 +77,19 @@ def run(vmpod_binary, *scenarios, timeout=900):
     if any(scenario.split()[1] in ("cloud", "qemucloud") for scenario in scenarios):
         prepare_cloud(prepared)
     command = [REPO / "tests/nested/run.sh", prepared, vmpod_binary, *scenarios]
+    # One log per set of scenarios, so a later run does not overwrite it.
+    log = prepared / f"run-{scenarios[0].split()[0]}.log"
     for attempt in (1, 2):
         output, finished = run_l1(command, timeout)
-        (prepared / "last-run.log").write_text(output)
-        if finished:
-            break
+        log.write_text(output)
         silent = not any(line.startswith("L1: ") for line in output.splitlines())
+        if finished and not silent:
+            break
         if not silent or attempt == 2:
-            raise Hung(f"the nested harness did not finish (attempt {attempt}); its output is in {prepared / 'last-run.log'}")
-        warnings.warn(f"nested harness: L1 printed nothing in {FIRST_OUTPUT_SECONDS} s (the harness's known hang); retried once")
+            what = "ended without printing anything of its own" if finished else "did not finish"
+            raise Hung(f"the nested harness {what} (attempt {attempt}); its output is in {log}")
+        # L1 never reached its /init: it hung, or its kernel stopped.
+        warnings.warn(f"nested harness: L1 printed nothing of its own (the harness's known failure); retried once; the first attempt's output was:\n{output[-2000:]}")
     runs = {}
     for line in output.splitlines():
         if not line.startswith("L1: "):
@@ -101,6 +105,10 @@ def run(vmpod_binary, *scenarios, timeout=900):
             entry[words[1]] += words[2][2:] + "\n"
         elif words[1] == "qmp":
             entry["qmp"] += words[2] + "\n"
+    missing = [scenario.split()[0] for scenario in scenarios if scenario.split()[0] not in runs]
+    if missing:
+        tail = "".join(output.splitlines(keepends=True)[-40:])
+        raise Hung(f"L1 ended without running {', '.join(missing)}; its output is in {log}, ending:\n{tail}")
     return runs
 
 
