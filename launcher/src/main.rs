@@ -5,7 +5,6 @@
 //! Exit status: 0 success, 1 runtime failure, 2 bad definition or usage.
 
 mod cli;
-mod inspect;
 
 use clap::{Parser, Subcommand, ValueEnum};
 use std::ffi::OsString;
@@ -201,7 +200,7 @@ fn main() -> ExitCode {
         }
         Command::Validate { files, quiet } => cli::validate(&files, quiet),
         Command::Render { file, name, output } => cli::render(&file, name.as_deref(), output),
-        Command::InspectDisk { image } => inspect::inspect_disk(&image),
+        Command::InspectDisk { image } => cli::inspect_disk(&image),
         Command::Serial { run_dir, escape } => {
             relay_result(vmpod::helpers::serial::attach(&run_dir, escape.0))
         }
