@@ -18,6 +18,8 @@ use crate::spec::VmConfig;
 pub const DEFAULT_HOOK_DIR: &str = "/etc/vmpod/launch.d";
 /// The configuration file hooks read (and may edit), in the run directory.
 pub const CONFIG_FILE: &str = "vm.yaml";
+/// A configuration file the hooks leave larger than this is refused.
+const MAX_CONFIG_BYTES: u64 = 1 << 20;
 /// How much of a failing hook's output the error quotes (its last lines).
 const QUOTED_OUTPUT: usize = 8 * 1024;
 
@@ -198,6 +200,14 @@ fn read_back(path: &Path, rendered: &str) -> Result<Option<VmConfig>, HookError>
         path: path.to_owned(),
         problem,
     };
+    let size = std::fs::metadata(path)
+        .map_err(|error| bad(error.to_string()))?
+        .len();
+    if size > MAX_CONFIG_BYTES {
+        return Err(bad(format!(
+            "it is {size} bytes; a VM configuration is a few KiB"
+        )));
+    }
     let text = std::fs::read_to_string(path).map_err(|error| bad(error.to_string()))?;
     if text == rendered {
         return Ok(None);

@@ -173,6 +173,24 @@ fn a_hook_that_edits_the_configuration_changes_the_vm() {
         finished.stderr
     );
     assert!(finished.stderr.contains("vm.yaml"), "{}", finished.stderr);
+
+    // One that leaves a huge file is refused before it is read.
+    let huge = scratch.0.join("huge.d");
+    hook(
+        &huge,
+        "10-grow",
+        "head -c 2097152 /dev/zero | tr '\\0' '#' >> \"$VMPOD_CONFIG\"\n",
+        true,
+    );
+    let finished = launch(&scratch, &definition, &huge);
+    assert_eq!(finished.code, Some(1), "{}", finished.stderr);
+    assert!(
+        finished
+            .stderr
+            .contains("bytes; a VM configuration is a few KiB"),
+        "{}",
+        finished.stderr
+    );
 }
 
 #[test]

@@ -281,10 +281,7 @@ fn read_firmware_serial(firmware: &mut Object, diag: &mut Diagnostics) -> Option
     Some(serial)
 }
 
-pub(super) fn read_kernel_boot(
-    mut kernel_boot: Object,
-    diag: &mut Diagnostics,
-) -> Option<KernelBoot> {
+fn read_kernel_boot(mut kernel_boot: Object, diag: &mut Diagnostics) -> Option<KernelBoot> {
     let cmdline = match kernel_boot.field("kernelArgs") {
         Some(field) => read_cmdline(&field, diag),
         None => Some(DEFAULT_CMDLINE.to_owned()),
