@@ -43,7 +43,7 @@ def run_l1(command, timeout):
     started = time.monotonic()
     while process.poll() is None:
         elapsed = time.monotonic() - started
-        silent = not any(line.startswith("L1: ") for line in list(lines))
+        silent = not any("L1: " in line for line in list(lines))
         if elapsed > timeout or (silent and elapsed > FIRST_OUTPUT_SECONDS):
             process.kill()
             process.wait()
@@ -82,7 +82,7 @@ def run(vmpod_binary, *scenarios, timeout=900):
     for attempt in (1, 2):
         output, finished = run_l1(command, timeout)
         log.write_text(output)
-        silent = not any(line.startswith("L1: ") for line in output.splitlines())
+        silent = not any("L1: " in line for line in output.splitlines())
         if finished and not silent:
             break
         if not silent or attempt == 2:
