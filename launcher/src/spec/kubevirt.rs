@@ -157,16 +157,6 @@ fn read_vm_spec<'v>(
         "CDI does not run in a pod; use a persistentVolumeClaim or containerDisk volume",
         diag,
     );
-    spec.reject(
-        "instancetype",
-        "write CPU and memory into the template's domain",
-        diag,
-    );
-    spec.reject(
-        "preference",
-        "write the preferred devices into the template's domain",
-        diag,
-    );
     let mut instance_spec = None;
     if let Some(mut template) = spec.required("template", diag).and_then(|f| f.object(diag)) {
         if let Some(template_meta) = template.object("metadata", diag) {

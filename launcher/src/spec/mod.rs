@@ -10,8 +10,10 @@ mod devices;
 pub mod doc;
 mod domain;
 pub mod identity;
+pub mod instancetype;
 mod kubevirt;
 pub mod quantity;
+pub mod replica;
 mod volumes;
 
 use serde::Deserialize;
@@ -75,8 +77,32 @@ pub enum Document {
     },
 }
 
+/// What a definition is read against: where instancetypes and preferences
+/// come from, and whether this VM is one replica of many.
+pub struct Context<'a> {
+    pub instancetypes: &'a dyn instancetype::Lookup,
+    /// The pod's name when a Deployment, StatefulSet, … runs this
+    /// definition in several pods (see [`replica`]).
+    pub replica_in_pod: Option<&'a str>,
+}
+
+impl Context<'static> {
+    /// No cluster and a single VM: the bundled instancetypes.
+    pub fn offline() -> Self {
+        Context {
+            instancetypes: &instancetype::Bundled,
+            replica_in_pod: None,
+        }
+    }
+}
+
 /// Reads a definition file (a mounted ConfigMap key is just a file).
 pub fn read_file(path: &Path) -> Result<Vec<Document>, LoadError> {
+    read_file_in(path, &Context::offline())
+}
+
+/// [`read_file`] against a [`Context`].
+pub fn read_file_in(path: &Path, context: &Context) -> Result<Vec<Document>, LoadError> {
     let read_error = |source| LoadError::Read {
         path: path.to_owned(),
         source,
@@ -91,7 +117,7 @@ pub fn read_file(path: &Path) -> Result<Vec<Document>, LoadError> {
             path: path.to_owned(),
         });
     }
-    parse_documents(&bytes).map_err(|source| LoadError::Syntax {
+    parse_documents_in(&bytes, context).map_err(|source| LoadError::Syntax {
         path: path.to_owned(),
         source,
     })
@@ -99,21 +125,49 @@ pub fn read_file(path: &Path) -> Result<Vec<Document>, LoadError> {
 
 /// Parses every document in a YAML stream (JSON is YAML too).
 pub fn parse_documents(bytes: &[u8]) -> Result<Vec<Document>, serde_norway::Error> {
+    parse_documents_in(bytes, &Context::offline())
+}
+
+/// [`parse_documents`] against a [`Context`].
+pub fn parse_documents_in(
+    bytes: &[u8],
+    context: &Context,
+) -> Result<Vec<Document>, serde_norway::Error> {
     let mut values = Vec::new();
     for document in serde_norway::Deserializer::from_slice(bytes) {
         values.push(Value::deserialize(document)?);
     }
     let mut documents = Vec::new();
     for (index, value) in values.iter().enumerate() {
-        classify(value, &format!("document {}", index + 1), &mut documents);
+        classify(
+            value,
+            &format!("document {}", index + 1),
+            context,
+            &mut documents,
+        );
     }
     Ok(documents)
 }
 
 /// Parses a single definition (for callers that were handed one object).
 pub fn parse_vm(value: &Value) -> Result<Valid, Vec<Problem>> {
+    parse_vm_in(value, &Context::offline())
+}
+
+/// [`parse_vm`] against a [`Context`]: instancetypes and preferences are
+/// written into the template, a replica renamed, before it is read.
+pub fn parse_vm_in(value: &Value, context: &Context) -> Result<Valid, Vec<Problem>> {
     let mut diag = doc::Diagnostics::default();
-    match kubevirt::read_vm(value, &mut diag) {
+    let mut value = value.clone();
+    if text_at(&value, "kind") == Some("VirtualMachine")
+        && !instancetype::expand(&mut value, context.instancetypes, &mut diag)
+    {
+        return Err(diag.problems);
+    }
+    if let Some(pod) = context.replica_in_pod {
+        replica::make_replica(&mut value, pod, &mut diag);
+    }
+    match kubevirt::read_vm(&value, &mut diag) {
         Some(config) if diag.problems.is_empty() => Ok(Valid {
             config,
             ignored: diag.ignored,
@@ -151,7 +205,7 @@ fn invalid(origin: String, path: &str, message: String) -> Document {
     })
 }
 
-fn classify(value: &Value, origin: &str, out: &mut Vec<Document>) {
+fn classify(value: &Value, origin: &str, context: &Context, out: &mut Vec<Document>) {
     if value.is_null() {
         return;
     }
@@ -184,7 +238,7 @@ fn classify(value: &Value, origin: &str, out: &mut Vec<Document>) {
         }
         out.push(Document::Vm(Definition {
             origin: described,
-            outcome: parse_vm(value),
+            outcome: parse_vm_in(value, context),
         }));
     } else if api_version.starts_with("kubevirt.io/") {
         let message = format!(
@@ -200,17 +254,17 @@ fn classify(value: &Value, origin: &str, out: &mut Vec<Document>) {
             .flatten()
             .enumerate()
         {
-            classify(item, &format!("{origin} items[{index}]"), out);
+            classify(item, &format!("{origin} items[{index}]"), context, out);
         }
     } else if kind == "ConfigMap" && api_version == "v1" {
-        classify_config_map(value, &described, out);
+        classify_config_map(value, &described, context, out);
     } else {
         out.push(Document::Skipped { origin: described });
     }
 }
 
 /// A ConfigMap may carry VM definitions in its data keys.
-fn classify_config_map(value: &Value, described: &str, out: &mut Vec<Document>) {
+fn classify_config_map(value: &Value, described: &str, context: &Context, out: &mut Vec<Document>) {
     let before = out.len();
     let data = value
         .get("data")
@@ -225,7 +279,7 @@ fn classify_config_map(value: &Value, described: &str, out: &mut Vec<Document>) 
         let looks_like_definition = [".yaml", ".yml", ".json"]
             .iter()
             .any(|ext| key.ends_with(ext));
-        match parse_documents(text.as_bytes()) {
+        match parse_documents_in(text.as_bytes(), context) {
             Ok(documents) => out.extend(
                 documents
                     .into_iter()
@@ -257,3 +311,6 @@ fn classify_config_map(value: &Value, described: &str, out: &mut Vec<Document>) 
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod tests_sharing;
