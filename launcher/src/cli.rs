@@ -212,19 +212,46 @@ pub fn render(file: &Path, name: Option<&str>, format: Format) -> ExitCode {
     }
 }
 
-pub fn launch(file: &Path, name: Option<&str>, options: &vmpod::launch::LaunchOptions) -> ExitCode {
-    let valid = match load_one(file, name) {
-        Ok(valid) => valid,
-        Err(code) => return code,
+pub fn launch(
+    name: Option<&str>,
+    from: &vmpod::source::From,
+    options: &vmpod::launch::LaunchOptions,
+) -> ExitCode {
+    let found = match vmpod::source::find(name, from) {
+        Ok(found) => found,
+        Err(vmpod::source::SourceError::Invalid { origin, problems }) => {
+            print_problems(&format!("vmpod: error: {origin}"), &problems);
+            return ExitCode::from(DEFINITION_ERROR);
+        }
+        Err(error) => {
+            report(&error);
+            return ExitCode::from(DEFINITION_ERROR);
+        }
     };
-    let config = &valid.config;
+    log_ignored_once(&found.valid.ignored);
+    let config = &found.valid.config;
     log::info!(
-        "starting VM {}/{} ({})",
+        "starting VM {}/{} ({}) from {}",
         config.identity.namespace,
         config.identity.name,
-        summary(config)
+        summary(config),
+        found.origin
     );
-    match vmpod::launch::run(config, options) {
+    if config.run_strategy == vmpod::spec::config::RunStrategy::Halted {
+        log::info!("the definition says the VM stays off (spec.running: false or runStrategy: Halted): not starting it; set spec.running: true or runStrategy: Always");
+        return ExitCode::SUCCESS;
+    }
+    let status = found.status_target.and_then(|(cluster, object)| {
+        let grace = std::time::Duration::from_secs(config.termination_grace_period_seconds);
+        match vmpod::cluster::status::VmObject::from_api(&object, &found.pod, grace) {
+            Ok(vm) => Some((cluster, vm)),
+            Err(why) => {
+                log::info!("VirtualMachine {}: {why}", config.identity.name);
+                None
+            }
+        }
+    });
+    match vmpod::launch::run(config, options, status) {
         Ok(vmpod::vmm::Outcome::Poweroff) => ExitCode::SUCCESS,
         // Like a process killed by that signal: 143 after SIGTERM.
         Ok(vmpod::vmm::Outcome::ForcedStop(signal)) => {

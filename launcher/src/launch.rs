@@ -15,6 +15,8 @@ use vmm_sys_util::epoll::Epoll;
 use vmm_sys_util::eventfd::EventFd;
 
 use crate::api::{self, SharedStatus};
+use crate::cluster::status::{Reporter, VmObject};
+use crate::cluster::Cluster;
 use crate::control::rundir::{RunDir, MONITOR_SOCKET, QMP_SOCKET, READY_SOCKET, SERIAL_SOCKET};
 use crate::control::serial::{HubWriter, SerialHub, SerialServer};
 use crate::control::{ControlLoop, Listeners, VmControl};
@@ -67,8 +69,13 @@ pub struct LaunchOptions {
 /// Where emptyDisks go by default.
 pub const DEFAULT_SCRATCH_DIR: &str = "/vm/scratch";
 
-/// Boots `config` and serves it until the guest powers off or fails.
-pub fn run(config: &VmConfig, options: &LaunchOptions) -> Result<Outcome, LaunchError> {
+/// Boots `config` and serves it until the guest powers off or fails; with
+/// `status`, reports the VM's status and Events to that cluster object.
+pub fn run(
+    config: &VmConfig,
+    options: &LaunchOptions,
+    status: Option<(Cluster, VmObject)>,
+) -> Result<Outcome, LaunchError> {
     // Before any thread starts, so that every thread inherits the mask.
     let termination_signals = SignalFd::take(&termination::TERMINATION_SIGNALS)
         .map_err(io_error("take SIGTERM and SIGINT"))?;
@@ -99,7 +106,10 @@ pub fn run(config: &VmConfig, options: &LaunchOptions) -> Result<Outcome, Launch
     let (command_sender, commands) =
         api::channel().map_err(io_error("create the command channel"))?;
     let (event_sender, events) = api::channel().map_err(io_error("create the event channel"))?;
+    let reporter_target = status;
     let status = SharedStatus::default();
+    let reporter = reporter_target
+        .map(|(cluster, vm)| Reporter::start(cluster, vm, command_sender.clone(), status.clone()));
     let block_devices = api::SharedBlockDevices::default();
     let ready_pattern = config.annotations.get(READY_PATTERN_ANNOTATION).cloned();
     let hub = SerialHub::new(
@@ -128,6 +138,7 @@ pub fn run(config: &VmConfig, options: &LaunchOptions) -> Result<Outcome, Launch
         status: status.clone(),
         commands: command_sender.clone(),
         block_devices: block_devices.clone(),
+        observer: reporter.as_ref().map(Reporter::observer),
     };
     let control_loop = ControlLoop::new(
         epoll,
@@ -165,6 +176,13 @@ pub fn run(config: &VmConfig, options: &LaunchOptions) -> Result<Outcome, Launch
     control.stop();
     for socket in [SERIAL_SOCKET, QMP_SOCKET, MONITOR_SOCKET, READY_SOCKET] {
         run_dir.remove_socket(socket);
+    }
+    if let Some(reporter) = reporter {
+        reporter.finish(&match &outcome {
+            Ok(Outcome::Poweroff) => "the guest powered off".to_owned(),
+            Ok(Outcome::ForcedStop(signal)) => format!("stopped after signal {signal}"),
+            Err(error) => format!("failed: {error}"),
+        });
     }
     Ok(outcome?)
 }

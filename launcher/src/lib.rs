@@ -8,6 +8,7 @@
 //! `vmm` and `control` never import each other: they talk through `api`.
 
 pub mod api;
+pub mod cluster;
 pub mod control;
 pub mod devices;
 pub mod diskboot;
@@ -17,5 +18,6 @@ pub mod images;
 pub mod launch;
 pub mod logging;
 pub mod signals;
+pub mod source;
 pub mod spec;
 pub mod vmm;

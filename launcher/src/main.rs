@@ -43,12 +43,27 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Boot the VM of a definition and serve its consoles (the pod's entrypoint)
+    ///
+    /// The definition comes from --file, else /etc/vmpod/vm.yaml when it
+    /// exists, else --configmap, else the cluster's VirtualMachine (or
+    /// VirtualMachineInstance) of the VM's name. The name: NAME, else VM_NAME,
+    /// else the pod's label vmpod.io/vm, else the hostname. The namespace:
+    /// POD_NAMESPACE, the service account's, the kubeconfig context's, default.
+    #[command(verbatim_doc_comment)]
     Launch {
-        /// VM definition: a VirtualMachine or VirtualMachineInstance, YAML or JSON
-        #[arg(long, short = 'f', value_name = "FILE")]
-        file: PathBuf,
-        /// Which VM, when the file holds several
-        #[arg(long)]
+        /// Which VM (in a file holding several, or in the cluster)
+        #[arg(value_name = "NAME")]
+        vm: Option<String>,
+        /// VM definition: a VirtualMachine or VirtualMachineInstance (YAML or
+        /// JSON), or a ConfigMap or List holding them
+        #[arg(long, short = 'f', value_name = "FILE", conflicts_with = "configmap")]
+        file: Option<PathBuf>,
+        /// Read the definition from this ConfigMap in the VM's namespace
+        /// (the key holding it, when the ConfigMap has several)
+        #[arg(long, value_name = "NAME[/KEY]")]
+        configmap: Option<String>,
+        /// Same as NAME
+        #[arg(long, hide = true, conflicts_with = "vm")]
         name: Option<String>,
         /// Where the control sockets go (serial.sock, …)
         #[arg(long, env = "VMPOD_RUN_DIR", default_value = DEFAULT_RUN_DIR, value_name = "DIR")]
@@ -179,7 +194,9 @@ fn main() -> ExitCode {
     let cli = Cli::parse_from(arguments_with_role(std::env::args_os().collect()));
     match cli.command {
         Command::Launch {
+            vm,
             file,
+            configmap,
             name,
             run_dir,
             serial_scrollback,
@@ -196,7 +213,8 @@ fn main() -> ExitCode {
                 scratch_dir,
                 hook_dir: launch_dir,
             };
-            cli::launch(&file, name.as_deref(), &options)
+            let from = vmpod::source::From::choose(file, configmap.as_deref());
+            cli::launch(vm.or(name).as_deref(), &from, &options)
         }
         Command::Validate { files, quiet } => cli::validate(&files, quiet),
         Command::Render { file, name, output } => cli::render(&file, name.as_deref(), output),

@@ -56,6 +56,7 @@ impl ControlPlane {
         )
         .expect("serial server");
         let vm = VmControl {
+            observer: None,
             name: "stand-in".into(),
             uuid: "00000000-0000-0000-0000-000000000002".into(),
             topology: CpuTopology {

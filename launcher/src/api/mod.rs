@@ -181,6 +181,9 @@ impl Event {
     }
 }
 
+/// Something that hears every event the VM reports, on the control thread.
+pub type Observer = Box<dyn Fn(&Event) + Send>;
+
 /// An event and when it happened.
 #[derive(Debug, Clone)]
 pub struct Timed {

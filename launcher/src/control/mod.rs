@@ -33,6 +33,8 @@ pub struct VmControl {
     pub status: SharedStatus,
     pub commands: CommandSender,
     pub block_devices: SharedBlockDevices,
+    /// Hears every event the VM reports (the cluster status reporter).
+    pub observer: Option<crate::api::Observer>,
 }
 
 /// A command's answer: now, or once the VM has reached a status.
@@ -362,6 +364,9 @@ impl ControlLoop {
     /// that waited for the status an event says the VM has reached.
     fn broadcast_events(&mut self) {
         for event in self.events.drain() {
+            if let Some(observer) = &self.vm.observer {
+                observer(&event.event);
+            }
             if event.event == Event::Reset {
                 // The new boot must show the ready pattern again.
                 self.hub.forget_ready_pattern();

@@ -24,6 +24,7 @@ fn session() -> Session {
     let status = SharedStatus::default();
     status.set(Status::Running);
     let vm = VmControl {
+        observer: None,
         name: "codec".into(),
         uuid: "00000000-0000-0000-0000-000000000001".into(),
         topology: CpuTopology {

@@ -1,0 +1,202 @@
+"""The VM's definition from the Kubernetes API, and its status there: the
+real vmpod binary against a fake API server (tests/fakekube.py) through a
+kubeconfig, as it would run in a pod; kubectl against the same server
+shows that the fake speaks the API kubectl speaks."""
+
+import json
+import os
+import pathlib
+import shutil
+import subprocess
+import time
+
+import pytest
+
+import harness
+from conftest import not_here
+from fakekube import FakeKube
+
+REPO = pathlib.Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def guests(tmp_path_factory):
+    out = tmp_path_factory.mktemp("guests")
+    subprocess.run(["sh", REPO / "guests/build.sh", out], check=True)
+    return out
+
+
+@pytest.fixture
+def fake(tmp_path):
+    server = FakeKube()
+    server.kubeconfig(tmp_path / "kubeconfig", namespace="lab")
+    yield server
+    server.stop()
+
+
+def kubectl(tmp_path, *args, check=True):
+    binary = shutil.which("kubectl")
+    if binary is None:
+        not_here("kubectl is not installed")
+    result = subprocess.run([binary, "--kubeconfig", tmp_path / "kubeconfig", *args],
+                            capture_output=True, text=True, timeout=60)
+    if check and result.returncode != 0:
+        pytest.fail(f"kubectl {' '.join(args)}: {result.stderr}")
+    return result
+
+
+def vm_object(name, kernel, kind="VirtualMachine", namespace="lab", **spec):
+    domain = {
+        "memory": {"guest": "16Mi"},
+        "firmware": {"kernelBoot": {"container": {"kernelPath": str(kernel)}}},
+        "devices": {"autoattachPodInterface": False, "autoattachGraphicsDevice": False},
+    }
+    if kind == "VirtualMachineInstance":
+        return {"apiVersion": "kubevirt.io/v1", "kind": kind, "metadata": {"name": name, "namespace": namespace},
+                "spec": {"domain": domain}}
+    return {"apiVersion": "kubevirt.io/v1", "kind": kind, "metadata": {"name": name, "namespace": namespace},
+            "spec": {"runStrategy": "Always", **spec, "template": {"spec": {"domain": domain}}}}
+
+
+def launch(tmp_path, *args, env=None, wait=True, timeout=60):
+    if not pathlib.Path("/dev/kvm").exists():
+        not_here("/dev/kvm is missing")
+    environment = {k: v for k, v in os.environ.items() if k not in ("POD_NAME", "POD_NAMESPACE", "VM_NAME")}
+    environment.update({"KUBECONFIG": str(tmp_path / "kubeconfig"), "VMPOD_LOG": "info",
+                        "VMPOD_PODINFO_LABELS": str(tmp_path / "no-labels")})
+    environment.update(env or {})
+    binary = harness.TARGET / "release" / "vmpod"
+    command = [binary, "launch", *args, "--run-dir", tmp_path / "run", "--scratch-dir", tmp_path / "scratch",
+               "--launch-dir", tmp_path / "no-hooks"]
+    process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               text=True, env=environment)
+    if not wait:
+        return process
+    out, err = process.communicate(timeout=timeout)
+    return process.returncode, out, err
+
+
+def wait_for(predicate, what, timeout=30):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.05)
+    pytest.fail(f"timed out waiting for {what}")
+
+
+def reasons(fake):
+    return [event.get("reason") for event in sorted(fake.events("lab"), key=lambda e: e["metadata"]["resourceVersion"])]
+
+
+def test_kubectl_reads_the_fake_as_it_reads_a_cluster(fake, tmp_path, guests):
+    fake.put(vm_object("demo", guests / "powerbutton.elf"))
+    fake.put({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "defs", "namespace": "lab"},
+              "data": {"vm.yaml": "kind: VirtualMachineInstance"}})
+    listed = kubectl(tmp_path, "get", "vm").stdout
+    assert listed.split("\n")[0].split() == ["NAME", "AGE", "STATUS", "READY"]
+    patch = {"status": {"printableStatus": "Running", "conditions": [{"type": "Ready", "status": "True"}]}}
+    kubectl(tmp_path, "patch", "vm", "demo", "--subresource=status", "--type=merge", "-p", json.dumps(patch))
+    row = kubectl(tmp_path, "get", "virtualmachines", "demo").stdout.split("\n")[1].split()
+    assert row[0] == "demo" and row[2:] == ["Running", "True"]
+    assert json.loads(kubectl(tmp_path, "get", "cm", "defs", "-o", "json").stdout)["data"]["vm.yaml"]
+    kubectl(tmp_path, "patch", "vm", "demo", "--type=merge", "-p", '{"spec":{"runStrategy":"Halted"}}')
+    assert fake.get("virtualmachines", "demo", "lab")["metadata"]["generation"] == 2
+    fake.put({"apiVersion": "events.k8s.io/v1", "kind": "Event",
+              "metadata": {"name": "demo.1", "namespace": "lab"}, "reason": "Started", "note": "Started the virtual machine",
+              "type": "Normal", "regarding": {"kind": "VirtualMachine", "name": "demo", "namespace": "lab",
+                                              "apiVersion": "kubevirt.io/v1", "uid": fake.get("virtualmachines", "demo", "lab")["metadata"]["uid"]}})
+    described = kubectl(tmp_path, "describe", "vm", "demo").stdout
+    assert "Started" in described and "Started the virtual machine" in described, described
+    refused = subprocess.run(["kubectl", "--kubeconfig", fake.kubeconfig(tmp_path / "bad", token="wrong"), "get", "vm"],
+                             capture_output=True, text=True)
+    assert refused.returncode != 0 and "Unauthorized" in refused.stderr
+
+
+def test_a_vm_from_the_cluster_reports_its_status_and_stops_when_halted(fake, tmp_path, guests):
+    fake.put(vm_object("demo", guests / "powerbutton.elf"))
+    fake.max_watch_seconds = 1  # watches end and resume, as a real server's do
+    vm = launch(tmp_path, "demo", wait=False)
+    status = lambda: (fake.get("virtualmachines", "demo", "lab") or {}).get("status", {})  # noqa: E731
+    wait_for(lambda: status().get("printableStatus") == "Running", "status Running")
+    assert status()["ready"] is True and status()["created"] is True
+    assert status()["observedGeneration"] == 1
+    wait_for(lambda: "Started" in reasons(fake), "the Started event")
+    row = kubectl(tmp_path, "get", "vm", "demo").stdout.split("\n")[1].split()
+    assert row[2:] == ["Running", "True"]
+    assert "Started the virtual machine" in kubectl(tmp_path, "describe", "vm", "demo").stdout
+    fake.compact()  # the next watch's resourceVersion is too old: 410 Gone
+    time.sleep(1.5)
+    kubectl(tmp_path, "patch", "vm", "demo", "--type=merge", "-p", '{"spec":{"runStrategy":"Halted"}}')
+    out, err = vm.communicate(timeout=60)
+    assert vm.returncode == 0, err
+    assert "power" in out.lower() or "power" in err.lower()
+    assert status()["printableStatus"] == "Stopped" and status()["ready"] is False
+    assert status()["runStrategy"] == "Halted"
+    assert reasons(fake)[-2:] == ["ShuttingDown", "Stopped"], reasons(fake)
+    row = kubectl(tmp_path, "get", "vm", "demo").stdout.split("\n")[1].split()
+    assert row[2:] == ["Stopped", "False"]
+
+
+def test_the_name_comes_from_the_pods_label_and_status_needs_rbac(fake, tmp_path, guests):
+    fake.put(vm_object("web", guests / "poweroff.elf"))
+    fake.put({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "web-pod", "namespace": "lab",
+                                                               "labels": {"vmpod.io/vm": "web"}}})
+    fake.forbid("patch", "virtualmachines/status")
+    code, _, err = launch(tmp_path, env={"POD_NAME": "web-pod", "POD_NAMESPACE": "lab"})
+    assert code == 0, err
+    assert "the pod's label vmpod.io/vm" in err
+    assert err.count("without reporting the VM's status") == 1
+    assert "`patch` verb on `virtualmachines/status.kubevirt.io`" in err
+    assert "status" not in fake.get("virtualmachines", "web", "lab")
+
+
+def test_downward_api_labels_make_a_replica_with_its_own_identity(fake, tmp_path, guests):
+    fake.put(vm_object("web", guests / "poweroff.elf"))
+    labels = tmp_path / "labels"
+    labels.write_text('app="web"\nvmpod.io/vm="web"\npod-template-hash="7d9f8c6b5"\n')
+    code, _, err = launch(tmp_path, env={"POD_NAME": "web-7d9f8c6b5-x2k4p", "VMPOD_PODINFO_LABELS": str(labels)})
+    assert code == 0, err
+    assert "starting VM lab/web-7d9f8c6b5-x2k4p" in err
+    assert "status" not in fake.get("virtualmachines", "web", "lab"), "a replica does not report the shared VM's status"
+
+
+def test_configmap_and_instancetypes_from_the_cluster(fake, tmp_path, guests):
+    definition = vm_object("small", guests / "poweroff.elf")
+    del definition["spec"]["template"]["spec"]["domain"]["memory"]
+    definition["spec"]["instancetype"] = {"name": "tiny", "kind": "VirtualMachineInstancetype"}
+    fake.put({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "defs", "namespace": "lab"},
+              "data": {"vm.yaml": json.dumps(definition)}})
+    fake.put({"apiVersion": "instancetype.kubevirt.io/v1beta1", "kind": "VirtualMachineInstancetype",
+              "metadata": {"name": "tiny", "namespace": "lab"}, "spec": {"cpu": {"guest": 2}, "memory": {"guest": "24Mi"}}})
+    code, _, err = launch(tmp_path, "--configmap", "defs/vm.yaml")
+    assert code == 0, err
+    assert "tiny from the cluster" in err and "2 vCPUs, 24Mi memory" in err
+    code, _, err = launch(tmp_path, "--configmap", "defs/other.yaml")
+    assert code == 2 and 'ConfigMap lab/defs has no key "other.yaml"' in err
+
+
+@pytest.mark.parametrize("case", ["401", "403", "404", "no-crd", "slow"])
+def test_api_failures_end_with_one_clear_line(fake, tmp_path, guests, case):
+    fake.put(vm_object("demo", guests / "poweroff.elf"))
+    env = {}
+    if case == "401":
+        fake.kubeconfig(tmp_path / "kubeconfig", namespace="lab", token="expired")
+        expected = "refused vmpod's credentials (401 Unauthorized)"
+    elif case == "403":
+        fake.forbid("get", "virtualmachines")
+        expected = 'get virtualmachines.kubevirt.io "demo" in namespace lab: forbidden (403): grant the pod\'s service account the `get` verb on `virtualmachines.kubevirt.io`'
+    elif case == "404":
+        expected = 'no VirtualMachine or VirtualMachineInstance named "nothere" in namespace lab'
+    elif case == "no-crd":
+        fake.unserved.add("kubevirt.io")
+        expected = "does not serve kubevirt.io/v1 virtualmachines (is KubeVirt's CRD installed?"
+    else:
+        fake.delays[("get", "virtualmachines")] = 2
+        env["VMPOD_API_TIMEOUT"] = "0.3"
+        expected = "did not answer after 4 attempts: no answer within 300ms"
+    code, _, err = launch(tmp_path, "nothere" if case == "404" else "demo", env=env)
+    assert code == 2, err
+    errors = [line for line in err.splitlines() if "error" in line]
+    assert len(errors) == 1 and expected in errors[0], err
