@@ -95,6 +95,7 @@ pub fn run(
         host::container_memory_limit(),
         host::host_memory_total(),
     )?;
+    host::check_cpus(config.cpu.vcpus(), host::container_cpu_limit())?;
     run_dir.link_helpers();
     let serial_listener = run_dir.listen(SERIAL_SOCKET)?;
     let listeners = Listeners {

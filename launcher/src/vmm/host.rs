@@ -34,6 +34,19 @@ pub enum HostError {
     },
     #[error("guest memory ({}) is more than this host has ({}): lower domain.memory.guest", format_bytes(*guest), format_bytes(*host_total))]
     HostMemory { guest: u64, host_total: u64 },
+    #[error("the VM has {vcpus} vCPUs but the container's CPU limit allows {} (from {}): raise the pod's resources.limits.cpu to {vcpus} or lower the VM's vCPUs (domain.cpu)", format_cpus(*quota), source_file.display())]
+    ContainerCpus {
+        vcpus: u32,
+        /// CPUs' worth of time the quota gives per period.
+        quota: f64,
+        source_file: PathBuf,
+    },
+}
+
+fn format_cpus(cpus: f64) -> String {
+    let text = format!("{cpus:.2}");
+    let text = text.trim_end_matches('0').trim_end_matches('.');
+    format!("{text} CPU{}", if cpus == 1.0 { "" } else { "s" })
 }
 
 /// Opens /dev/kvm, turning the usual failures into advice.
@@ -78,6 +91,51 @@ pub fn container_memory_limit() -> Option<(u64, PathBuf)> {
         let text = std::fs::read_to_string(file).ok()?;
         Some((parse_memory_limit(&text)?, PathBuf::from(file)))
     })
+}
+
+/// Reads a cgroup CPU quota as CPUs: v2 `cpu.max` ("QUOTA PERIOD", "max"
+/// = none), or v1's quota and period files' contents (-1 = none).
+pub fn parse_cpu_quota(quota: &str, period: Option<&str>) -> Option<f64> {
+    let mut words = quota.split_whitespace();
+    let quota: f64 = words.next()?.parse().ok().filter(|q: &f64| *q > 0.0)?;
+    let period: f64 = match period {
+        Some(text) => text.trim().parse().ok()?,
+        None => words.next()?.parse().ok()?,
+    };
+    (period > 0.0).then(|| quota / period)
+}
+
+/// The container's CPU limit in CPUs and where it was read from.
+pub fn container_cpu_limit() -> Option<(f64, PathBuf)> {
+    let read = |file: &str| std::fs::read_to_string(file).ok();
+    if let Some(text) = read("/sys/fs/cgroup/cpu.max") {
+        return Some((
+            parse_cpu_quota(&text, None)?,
+            "/sys/fs/cgroup/cpu.max".into(),
+        ));
+    }
+    let quota = read("/sys/fs/cgroup/cpu/cpu.cfs_quota_us")?;
+    let period = read("/sys/fs/cgroup/cpu/cpu.cfs_period_us")?;
+    Some((
+        parse_cpu_quota(&quota, Some(&period))?,
+        "/sys/fs/cgroup/cpu/cpu.cfs_quota_us".into(),
+    ))
+}
+
+/// The VM's vCPUs must fit the container's CPU quota: more vCPUs than the
+/// quota pays for would stall the guest under throttling (a vCPU that
+/// misses its time slice looks hung to the other vCPUs).
+pub fn check_cpus(vcpus: u32, container_limit: Option<(f64, PathBuf)>) -> Result<(), HostError> {
+    match container_limit {
+        Some((quota, source_file)) if f64::from(vcpus) > quota.ceil() => {
+            Err(HostError::ContainerCpus {
+                vcpus,
+                quota,
+                source_file,
+            })
+        }
+        _ => Ok(()),
+    }
 }
 
 /// `MemTotal` from /proc/meminfo, in bytes.
@@ -136,6 +194,23 @@ mod tests {
             error.to_string(),
             "guest memory (500Mi) plus vmpod's overhead (16Mi) does not fit the container's memory limit \
              (512Mi, from /sys/fs/cgroup/memory.max): raise the pod's resources.limits.memory or lower domain.memory.guest"
+        );
+    }
+
+    #[test]
+    fn vcpus_must_fit_the_cpu_quota() {
+        assert_eq!(parse_cpu_quota("max 100000\n", None), None);
+        assert_eq!(parse_cpu_quota("150000 100000\n", None), Some(1.5));
+        assert_eq!(parse_cpu_quota("-1\n", Some("100000\n")), None);
+        assert_eq!(parse_cpu_quota("200000\n", Some("100000\n")), Some(2.0));
+        let file = PathBuf::from("/sys/fs/cgroup/cpu.max");
+        assert!(check_cpus(2, Some((1.5, file.clone()))).is_ok());
+        assert!(check_cpus(8, None).is_ok());
+        let error = check_cpus(4, Some((1.5, file))).expect_err("too many vCPUs");
+        assert_eq!(
+            error.to_string(),
+            "the VM has 4 vCPUs but the container's CPU limit allows 1.5 CPUs (from /sys/fs/cgroup/cpu.max): \
+             raise the pod's resources.limits.cpu to 4 or lower the VM's vCPUs (domain.cpu)"
         );
     }
 
