@@ -64,6 +64,10 @@ def certificates():
     return _CERTS
 
 
+def ca_file():
+    return certificates() / "ca.crt"
+
+
 def now():
     return datetime.datetime.now(datetime.timezone.utc)
 
@@ -136,6 +140,7 @@ class FakeKube:
         self.unserved = set()  # groups the server does not serve
         self.delays = {}  # (verb, plural) -> seconds
         self.requests = []  # (method, path, body)
+        self.files = {}  # /files/NAME -> text, served without credentials
         self.bookmark_interval = 1.0
         self.max_watch_seconds = 1800  # a real server ends watches too
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
@@ -284,6 +289,17 @@ class FakeKube:
         length = int(handler.headers.get("Content-Length") or 0)
         body = handler.rfile.read(length) if length else b""
         self.requests.append((method, handler.path, body.decode(errors="replace")))
+        if url.path.startswith("/files/"):
+            text = self.files.get(url.path[len("/files/"):])
+            if text is None:
+                return self._reply(handler, 404, {"error": "no such file"})
+            data = text.encode()
+            handler.send_response(200)
+            handler.send_header("Content-Type", "application/yaml")
+            handler.send_header("Content-Length", str(len(data)))
+            handler.end_headers()
+            handler.wfile.write(data)
+            return
         if handler.headers.get("Authorization") != f"Bearer {self.token}":
             return self._reply(handler, 401, status_object(401, "Unauthorized", "Unauthorized"))
         parts = [p for p in url.path.split("/") if p]

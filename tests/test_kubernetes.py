@@ -14,7 +14,7 @@ import pytest
 
 import harness
 from conftest import not_here
-from fakekube import FakeKube
+from fakekube import FakeKube, ca_file
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 
@@ -175,6 +175,31 @@ def test_configmap_and_instancetypes_from_the_cluster(fake, tmp_path, guests):
     assert "tiny from the cluster" in err and "2 vCPUs, 24Mi memory" in err
     code, _, err = launch(tmp_path, "--configmap", "defs/other.yaml")
     assert code == 2 and 'ConfigMap lab/defs has no key "other.yaml"' in err
+
+
+def test_a_definition_from_an_https_url(fake, tmp_path, guests):
+    fake.files["vm.yaml"] = json.dumps(vm_object("fetched", guests / "poweroff.elf", kind="VirtualMachineInstance"))
+    env = {"SSL_CERT_FILE": str(ca_file()), "KUBECONFIG": ""}
+    code, _, err = launch(tmp_path, "--url", f"{fake.url}/files/vm.yaml", env=env)
+    assert code == 0, err
+    assert "starting VM lab/fetched" in err
+    code, _, err = launch(tmp_path, "--url", f"{fake.url}/files/none.yaml", env=env)
+    assert code == 2 and "404" in err, err
+    code, _, err = launch(tmp_path, "--url", f"http://127.0.0.1:1/vm.yaml", env=env)
+    assert code == 2 and "must be https://HOST/PATH" in err, err
+
+
+def test_no_definition_and_a_bad_definition_each_say_what_to_fix(fake, tmp_path, guests):
+    code, _, err = launch(tmp_path, "demo", env={"KUBECONFIG": "", "HOME": str(tmp_path)})
+    assert code == 2
+    assert "no Kubernetes API is configured" in err and "--file" in err, err
+    broken = vm_object("broken", guests / "poweroff.elf")
+    broken["spec"]["template"]["spec"]["domain"]["memory"]["guest"] = "lots"
+    fake.put(broken)
+    code, _, err = launch(tmp_path, "broken")
+    assert code == 2
+    assert "VirtualMachine lab/broken: 1 problem" in err
+    assert "spec.template.spec.domain.memory.guest" in err, err
 
 
 @pytest.mark.parametrize("case", ["401", "403", "404", "no-crd", "slow"])

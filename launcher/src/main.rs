@@ -44,9 +44,9 @@ struct Cli {
 enum Command {
     /// Boot the VM of a definition and serve its consoles (the pod's entrypoint)
     ///
-    /// The definition comes from --file, else /etc/vmpod/vm.yaml when it
-    /// exists, else --configmap, else the cluster's VirtualMachine (or
-    /// VirtualMachineInstance) of the VM's name. The name: NAME, else VM_NAME,
+    /// The definition comes from --file, --url or --configmap, else
+    /// /etc/vmpod/vm.yaml when it exists, else the cluster's VirtualMachine
+    /// (or VirtualMachineInstance) of the VM's name. The name: NAME, else VM_NAME,
     /// else the pod's label vmpod.io/vm, else the hostname. The namespace:
     /// POD_NAMESPACE, the service account's, the kubeconfig context's, default.
     #[command(verbatim_doc_comment)]
@@ -62,6 +62,9 @@ enum Command {
         /// (the key holding it, when the ConfigMap has several)
         #[arg(long, value_name = "NAME[/KEY]")]
         configmap: Option<String>,
+        /// Fetch the definition from this https URL
+        #[arg(long, value_name = "URL", conflicts_with_all = ["file", "configmap"])]
+        url: Option<String>,
         /// Same as NAME
         #[arg(long, hide = true, conflicts_with = "vm")]
         name: Option<String>,
@@ -197,6 +200,7 @@ fn main() -> ExitCode {
             vm,
             file,
             configmap,
+            url,
             name,
             run_dir,
             serial_scrollback,
@@ -213,7 +217,7 @@ fn main() -> ExitCode {
                 scratch_dir,
                 hook_dir: launch_dir,
             };
-            let from = vmpod::source::From::choose(file, configmap.as_deref());
+            let from = vmpod::source::From::choose(file, configmap.as_deref(), url);
             cli::launch(vm.or(name).as_deref(), &from, &options)
         }
         Command::Validate { files, quiet } => cli::validate(&files, quiet),

@@ -358,6 +358,97 @@ impl Cluster {
     }
 }
 
+/// Fetches a definition from an https URL (no credentials; the system's
+/// CA certificates, or `SSL_CERT_FILE`), with the API's timeouts and
+/// retries. Only `https://`: a definition may carry secrets.
+pub fn fetch_url(url: &str) -> Result<String, ClusterError> {
+    let asked = Asked {
+        verb: "fetch",
+        resource: Resource {
+            group: "",
+            version: "",
+            plural: "definition",
+            kind: "",
+            namespaced: false,
+        },
+        namespace: String::new(),
+        name: Some(url.to_owned()),
+    };
+    let uri: http::Uri = url
+        .parse()
+        .map_err(|error| ClusterError::Config(format!("{url:?} is not a URL: {error}")))?;
+    if uri.scheme_str() != Some("https") || uri.authority().is_none() {
+        return Err(ClusterError::Config(format!(
+            "{url:?}: the definition's URL must be https://HOST/PATH"
+        )));
+    }
+    let base: http::Uri = format!("https://{}", uri.authority().map_or("", |a| a.as_str()))
+        .parse()
+        .map_err(|error| ClusterError::Config(format!("{url:?}: {error}")))?;
+    let path = uri.path_and_query().map_or("/", |p| p.as_str()).to_owned();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|error| ClusterError::Config(format!("cannot start its runtime: {error}")))?;
+    let mut config = kube::Config::new(base);
+    config.read_timeout = Some(DEFAULT_TIMEOUT);
+    let client = {
+        let _entered = runtime.enter();
+        kube::Client::try_from(config)
+            .map_err(|error| ClusterError::Config(format!("{url}: {error}")))?
+    };
+    let mut backoff = FIRST_BACKOFF;
+    for attempt in 1..=ATTEMPTS {
+        let request = Request::get(path.as_str())
+            .body(kube::client::Body::empty())
+            .map_err(|error| ClusterError::Config(format!("{url}: {error}")))?;
+        let answer = runtime.block_on(async {
+            tokio::time::timeout(DEFAULT_TIMEOUT, async {
+                let response = client.send(request).await?;
+                let code = response.status();
+                let body = response.into_body().collect_bytes().await?;
+                Ok::<_, kube::Error>((code, body))
+            })
+            .await
+        });
+        let reason = match answer {
+            Ok(Ok((code, body))) if code.is_success() => {
+                return String::from_utf8(body.to_vec()).map_err(|_| ClusterError::BadAnswer {
+                    asked: Box::new(asked),
+                    reason: "the definition is not UTF-8 text".into(),
+                })
+            }
+            Ok(Ok((code, _))) if code.as_u16() < 500 && code.as_u16() != 429 => {
+                return Err(ClusterError::Status {
+                    asked: Box::new(asked),
+                    code: code.as_u16(),
+                    reason: code.canonical_reason().unwrap_or_default().to_owned(),
+                    message: "the server has no definition there".into(),
+                })
+            }
+            Ok(Ok((code, _))) => format!("HTTP {code}"),
+            Ok(Err(error)) => describe(&error),
+            Err(_) => format!("no answer within {DEFAULT_TIMEOUT:?}"),
+        };
+        if attempt == ATTEMPTS {
+            return Err(ClusterError::Unreachable {
+                asked: Box::new(asked),
+                server: base_of(url),
+                attempts: attempt,
+                reason,
+            });
+        }
+        log::warn!("{asked}: {reason}; trying again in {backoff:?}");
+        runtime.block_on(tokio::time::sleep(backoff));
+        backoff *= 2;
+    }
+    unreachable!("the last attempt returns")
+}
+
+fn base_of(url: &str) -> String {
+    url.split('/').take(3).collect::<Vec<_>>().join("/")
+}
+
 /// A 404 about the named object (its type exists), as opposed to one about
 /// a path the server does not serve at all.
 fn names_the_object(status: &kube::core::Status, asked: &Asked) -> bool {

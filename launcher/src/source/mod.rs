@@ -30,13 +30,19 @@ pub enum From {
     },
     /// A VirtualMachine, else a VirtualMachineInstance, named as the VM.
     Cluster,
+    /// An https URL serving the definition (YAML or JSON).
+    Url(String),
 }
 
 impl From {
-    /// `--file`, else the default file when it exists, else the cluster.
-    pub fn choose(file: Option<PathBuf>, configmap: Option<&str>) -> From {
+    /// `--file`, `--url` or `--configmap`, else the default file when it
+    /// exists, else the cluster.
+    pub fn choose(file: Option<PathBuf>, configmap: Option<&str>, url: Option<String>) -> From {
         if let Some(file) = file {
             return From::File(file);
+        }
+        if let Some(url) = url {
+            return From::Url(url);
         }
         if let Some(spec) = configmap {
             let (name, key) = match spec.split_once('/') {
@@ -88,7 +94,7 @@ pub fn find(explicit_name: Option<&str>, from: &From) -> Result<Found, SourceErr
     let mut facts = whoami::Facts::gather();
     let cluster = match Cluster::from_environment() {
         Ok(cluster) => cluster,
-        Err(error) if matches!(from, From::File(_)) => {
+        Err(error) if matches!(from, From::File(_) | From::Url(_)) => {
             log::warn!("{error}; going on without the cluster");
             None
         }
@@ -134,6 +140,32 @@ pub fn find(explicit_name: Option<&str>, from: &From) -> Result<Found, SourceErr
             Ok(Found {
                 valid: valid_origin.0,
                 origin: valid_origin.1,
+                status_target: None,
+                pod,
+            })
+        }
+        From::Url(url) => {
+            let text = cluster::fetch_url(url)?;
+            if text.len() as u64 > spec::MAX_DEFINITION_BYTES {
+                return Err(SourceError::NotFound(format!(
+                    "{url}: more than {} MiB, not a VM definition",
+                    spec::MAX_DEFINITION_BYTES >> 20
+                )));
+            }
+            let documents = spec::parse_documents_in(text.as_bytes(), &context).map_err(|e| {
+                SourceError::Invalid {
+                    origin: url.clone(),
+                    problems: vec![Problem {
+                        path: String::new(),
+                        message: format!("not valid YAML or JSON: {e}"),
+                    }],
+                }
+            })?;
+            let wanted = explicit_name.or(facts.vm_name.as_deref());
+            let (valid, origin) = pick(documents, wanted, url)?;
+            Ok(Found {
+                valid,
+                origin,
                 status_target: None,
                 pod,
             })
