@@ -22,6 +22,9 @@ fn main() {
         Err(error) => panic!("cannot run guests/build.sh: {error}"),
     }
     println!("cargo:rustc-env=VMPOD_GUESTS_DIR={}", out.display());
+    // Relative relocations packed (DT_RELR, glibc 2.36+): the loader no
+    // longer reads a table of ~14,000 entries at every start.
+    println!("cargo:rustc-link-arg-bins=-Wl,-z,pack-relative-relocs");
     mark_kvm();
 }
 

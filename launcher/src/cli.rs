@@ -212,46 +212,47 @@ pub fn render(file: &Path, name: Option<&str>, format: Format) -> ExitCode {
     }
 }
 
+/// `vmpod launch`: a definition file is read here when no cluster is
+/// configured; everything that needs the cluster goes through the
+/// `vmpod-cluster` helper (`args` are the definition options for it).
 pub fn launch(
     name: Option<&str>,
     from: &vmpod::source::From,
+    helper_args: &[std::ffi::OsString],
     options: &vmpod::launch::LaunchOptions,
 ) -> ExitCode {
-    let found = match vmpod::source::find(name, from) {
-        Ok(found) => found,
-        Err(vmpod::source::SourceError::Invalid { origin, problems }) => {
-            print_problems(&format!("vmpod: error: {origin}"), &problems);
-            return ExitCode::from(DEFINITION_ERROR);
-        }
-        Err(error) => {
-            report(&error);
-            return ExitCode::from(DEFINITION_ERROR);
-        }
+    let offline = match from {
+        vmpod::source::From::File(path) if vmpod::cluster::configured().is_none() => Some(path),
+        _ => None,
     };
-    log_ignored_once(&found.valid.ignored);
-    let config = &found.valid.config;
+    let found = match offline {
+        Some(path) => vmpod::source::find_offline(name, path).map(|resolved| (resolved, None)),
+        None => vmpod::source::remote::resolve(helper_args).map_err(|error| match error {
+            vmpod::source::remote::RemoteError::Failed { code } => return_code(code),
+            other => vmpod::source::SourceError::NotFound(other.to_string()),
+        }),
+    };
+    let (resolved, reporter) = match found {
+        Ok(found) => found,
+        Err(error) => return report_source_error(error),
+    };
+    log_ignored_once(&resolved.valid.ignored);
+    let config = &resolved.valid.config;
     log::info!(
         "starting VM {}/{} ({}) from {}",
         config.identity.namespace,
         config.identity.name,
         summary(config),
-        found.origin
+        resolved.origin
     );
     if config.run_strategy == vmpod::spec::config::RunStrategy::Halted {
         log::info!("the definition says the VM stays off (spec.running: false or runStrategy: Halted): not starting it; set spec.running: true or runStrategy: Always");
+        if let Some(link) = reporter {
+            link.finish("its definition says it stays off");
+        }
         return ExitCode::SUCCESS;
     }
-    let status = found.status_target.and_then(|(cluster, object)| {
-        let grace = std::time::Duration::from_secs(config.termination_grace_period_seconds);
-        match vmpod::cluster::status::VmObject::from_api(&object, &found.pod, grace) {
-            Ok(vm) => Some((cluster, vm)),
-            Err(why) => {
-                log::info!("VirtualMachine {}: {why}", config.identity.name);
-                None
-            }
-        }
-    });
-    match vmpod::launch::run(config, options, status) {
+    match vmpod::launch::run(config, options, reporter) {
         Ok(vmpod::vmm::Outcome::Poweroff) => ExitCode::SUCCESS,
         // Like a process killed by that signal: 143 after SIGTERM.
         Ok(vmpod::vmm::Outcome::ForcedStop(signal)) => {
@@ -260,6 +261,27 @@ pub fn launch(
         Err(error) => {
             report(&error);
             ExitCode::FAILURE
+        }
+    }
+}
+
+/// The helper's exit status, carried through as a source error.
+fn return_code(code: u8) -> vmpod::source::SourceError {
+    vmpod::source::SourceError::HelperFailed { code }
+}
+
+/// Prints why no VM could be found; the exit status says what kind of failure.
+pub fn report_source_error(error: vmpod::source::SourceError) -> ExitCode {
+    match error {
+        // The helper has said why already (its stderr is ours).
+        vmpod::source::SourceError::HelperFailed { code } => ExitCode::from(code),
+        vmpod::source::SourceError::Invalid { origin, problems } => {
+            print_problems(&format!("vmpod: error: {origin}"), &problems);
+            ExitCode::from(DEFINITION_ERROR)
+        }
+        error => {
+            report(&error);
+            ExitCode::from(DEFINITION_ERROR)
         }
     }
 }

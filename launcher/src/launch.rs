@@ -15,12 +15,11 @@ use vmm_sys_util::epoll::Epoll;
 use vmm_sys_util::eventfd::EventFd;
 
 use crate::api::{self, SharedStatus};
-use crate::cluster::status::{Reporter, VmObject};
-use crate::cluster::Cluster;
 use crate::control::rundir::{RunDir, MONITOR_SOCKET, QMP_SOCKET, READY_SOCKET, SERIAL_SOCKET};
 use crate::control::serial::{HubWriter, SerialHub, SerialServer};
 use crate::control::{ControlLoop, Listeners, VmControl};
 use crate::signals::SignalFd;
+use crate::source::remote::StatusLink;
 use crate::spec::VmConfig;
 use crate::vmm::{self, host, termination, Outcome, VmmIo};
 
@@ -70,11 +69,12 @@ pub struct LaunchOptions {
 pub const DEFAULT_SCRATCH_DIR: &str = "/vm/scratch";
 
 /// Boots `config` and serves it until the guest powers off or fails; with
-/// `status`, reports the VM's status and Events to that cluster object.
+/// `reporter`, the `vmpod-cluster` helper reports the VM's status and
+/// Events to the cluster and may ask for a power-down.
 pub fn run(
     config: &VmConfig,
     options: &LaunchOptions,
-    status: Option<(Cluster, VmObject)>,
+    reporter: Option<StatusLink>,
 ) -> Result<Outcome, LaunchError> {
     // Before any thread starts, so that every thread inherits the mask.
     let termination_signals = SignalFd::take(&termination::TERMINATION_SIGNALS)
@@ -107,10 +107,11 @@ pub fn run(
     let (command_sender, commands) =
         api::channel().map_err(io_error("create the command channel"))?;
     let (event_sender, events) = api::channel().map_err(io_error("create the event channel"))?;
-    let reporter_target = status;
     let status = SharedStatus::default();
-    let reporter = reporter_target
-        .map(|(cluster, vm)| Reporter::start(cluster, vm, command_sender.clone(), status.clone()));
+    let mut reporter = reporter;
+    if let Some(link) = reporter.as_mut() {
+        link.start(command_sender.clone(), status.clone());
+    }
     let block_devices = api::SharedBlockDevices::default();
     let ready_pattern = config.annotations.get(READY_PATTERN_ANNOTATION).cloned();
     let hub = SerialHub::new(
@@ -139,7 +140,7 @@ pub fn run(
         status: status.clone(),
         commands: command_sender.clone(),
         block_devices: block_devices.clone(),
-        observer: reporter.as_ref().map(Reporter::observer),
+        observer: reporter.as_ref().map(StatusLink::observer),
     };
     let control_loop = ControlLoop::new(
         epoll,

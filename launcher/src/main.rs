@@ -217,8 +217,22 @@ fn main() -> ExitCode {
                 scratch_dir,
                 hook_dir: launch_dir,
             };
+            let vm = vm.or(name);
+            let mut helper_args: Vec<OsString> = Vec::new();
+            if let Some(vm) = &vm {
+                helper_args.push(vm.into());
+            }
+            for (flag, value) in [
+                ("--file", file.as_ref().map(|f| f.as_os_str().to_owned())),
+                ("--configmap", configmap.as_ref().map(OsString::from)),
+                ("--url", url.as_ref().map(OsString::from)),
+            ] {
+                if let Some(value) = value {
+                    helper_args.extend([OsString::from(flag), value]);
+                }
+            }
             let from = vmpod::source::From::choose(file, configmap.as_deref(), url);
-            cli::launch(vm.or(name).as_deref(), &from, &options)
+            cli::launch(vm.as_deref(), &from, &helper_args, &options)
         }
         Command::Validate { files, quiet } => cli::validate(&files, quiet),
         Command::Render { file, name, output } => cli::render(&file, name.as_deref(), output),

@@ -185,20 +185,28 @@ pub struct Cluster {
     timeout: Duration,
 }
 
+/// Where the environment configures a cluster, as kubectl would find it
+/// (`KUBECONFIG`, `~/.kube/config`), or the pod's service account; `None`
+/// when it configures none. Reads no file, starts nothing.
+pub fn configured() -> Option<String> {
+    let kubeconfig = std::env::var_os("KUBECONFIG").filter(|v| !v.is_empty());
+    let home_config = std::env::var_os("HOME")
+        .map(|home| std::path::Path::new(&home).join(".kube/config"))
+        .filter(|path| path.exists());
+    let in_cluster = std::env::var_os("KUBERNETES_SERVICE_HOST").is_some();
+    match (&kubeconfig, &home_config, in_cluster) {
+        (Some(path), _, _) => Some(format!("KUBECONFIG={}", path.to_string_lossy())),
+        (None, Some(path), _) => Some(path.display().to_string()),
+        (None, None, true) => Some("the pod's service account".to_owned()),
+        (None, None, false) => None,
+    }
+}
+
 impl Cluster {
-    /// The cluster the environment names, as kubectl would find it, or the
-    /// one this pod runs in; `None` when neither is configured.
+    /// The cluster [`configured`] names; `None` when there is none.
     pub fn from_environment() -> Result<Option<Cluster>, ClusterError> {
-        let kubeconfig = std::env::var_os("KUBECONFIG").filter(|v| !v.is_empty());
-        let home_config = std::env::var_os("HOME")
-            .map(|home| std::path::Path::new(&home).join(".kube/config"))
-            .filter(|path| path.exists());
-        let in_cluster = std::env::var_os("KUBERNETES_SERVICE_HOST").is_some();
-        let configured_by = match (&kubeconfig, &home_config, in_cluster) {
-            (Some(path), _, _) => format!("KUBECONFIG={}", path.to_string_lossy()),
-            (None, Some(path), _) => path.display().to_string(),
-            (None, None, true) => "the pod's service account".to_owned(),
-            (None, None, false) => return Ok(None),
+        let Some(configured_by) = configured() else {
+            return Ok(None);
         };
         let timeout = std::env::var("VMPOD_API_TIMEOUT")
             .ok()

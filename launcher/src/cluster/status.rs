@@ -4,8 +4,9 @@
 //! KubeVirt's reasons, and watches the VirtualMachine so that
 //! `spec.running: false` or `runStrategy: Halted` powers the guest down.
 //!
-//! Runs on its own thread with the cluster's runtime; hears the VM's
-//! events through [`Reporter::observer`] and asks the VMM through `api`.
+//! Runs in the `vmpod-cluster` process, which `vmpod launch` starts and
+//! talks to over pipes (`source::remote`), so that the VMM process never
+//! parses what the API server sends and stays as small as it was.
 
 use std::time::{Duration, SystemTime};
 
@@ -15,7 +16,6 @@ use serde_json::{json, Value};
 use tokio::sync::mpsc;
 
 use super::{Asked, Cluster, ClusterError, Failure, CORE_EVENTS, EVENTS, VIRTUAL_MACHINES};
-use crate::api::{self, Command, Event};
 
 /// The VirtualMachine object vmpod reports on.
 #[derive(Debug, Clone)]
@@ -211,69 +211,42 @@ pub fn micro_time(at: SystemTime) -> String {
     )
 }
 
-enum Message {
-    Vm(Event),
+/// What the reporter hears of the VM.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Heard {
+    Running,
+    Paused,
+    Stopping,
+    /// The VM has ended; how, for the Event.
     Ended(String),
 }
 
-/// The running reporter.
-pub struct Reporter {
-    messages: mpsc::UnboundedSender<Message>,
-    thread: std::thread::JoinHandle<()>,
+/// What the reporter asks of the VMM.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ask {
+    /// Press the power button (the spec says the VM should be off).
+    Powerdown,
+    /// Stop it now (it did not power off within its grace period).
+    Quit,
 }
 
-impl Reporter {
-    /// Reports `Starting`, then follows the VM on its own thread.
-    pub fn start(
-        cluster: Cluster,
-        vm: VmObject,
-        commands: api::Sender<Command>,
-        status: api::SharedStatus,
-    ) -> Self {
-        let (messages, receiver) = mpsc::unbounded_channel();
-        let thread = std::thread::Builder::new()
-            .name("vmpod-status".into())
-            .spawn(move || {
-                let runtime_cluster = cluster;
-                let mut state = State {
-                    cluster: &runtime_cluster,
-                    vm,
-                    status_allowed: true,
-                    events_allowed: [true, true],
-                    commands,
-                    phase: Phase::Starting,
-                    status,
-                };
-                runtime_cluster.runtime().block_on(state.follow(receiver));
-            })
-            .expect("a thread can be started");
-        Reporter { messages, thread }
-    }
-
-    /// What the control loop calls for each of the VM's events.
-    pub fn observer(&self) -> api::Observer {
-        let messages = self.messages.clone();
-        Box::new(move |event| {
-            let _ = messages.send(Message::Vm(event.clone()));
-        })
-    }
-
-    /// Reports the VM stopped (`how` says why) and waits a little for the
-    /// last requests to go out.
-    pub fn finish(self, how: &str) {
-        let _ = self.messages.send(Message::Ended(how.to_owned()));
-        let deadline = std::time::Instant::now() + Duration::from_secs(10);
-        while !self.thread.is_finished() && std::time::Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        if self.thread.is_finished() {
-            let _ = self.thread.join();
-        } else {
-            log::warn!(
-                "the cluster did not take the VM's final status within 10 s; exiting without it"
-            );
-        }
-    }
+/// Reports `Starting`, then follows the VM until [`Heard::Ended`] (or
+/// until `heard` closes, which means vmpod is gone).
+pub fn follow_vm(
+    cluster: &Cluster,
+    vm: VmObject,
+    heard: mpsc::UnboundedReceiver<Heard>,
+    ask: &dyn Fn(Ask),
+) {
+    let mut state = State {
+        cluster,
+        vm,
+        status_allowed: true,
+        events_allowed: [true, true],
+        ask,
+        phase: Phase::Starting,
+    };
+    cluster.runtime().block_on(state.follow(heard));
 }
 
 struct State<'c> {
@@ -282,14 +255,12 @@ struct State<'c> {
     status_allowed: bool,
     /// events.k8s.io, then core v1.
     events_allowed: [bool; 2],
-    commands: api::Sender<Command>,
+    ask: &'c dyn Fn(Ask),
     phase: Phase,
-    /// The VMM's status: the first boot's start is not an event.
-    status: api::SharedStatus,
 }
 
 impl State<'_> {
-    async fn follow(&mut self, mut messages: mpsc::UnboundedReceiver<Message>) {
+    async fn follow(&mut self, mut messages: mpsc::UnboundedReceiver<Heard>) {
         self.report(Phase::Starting).await;
         let mut halt_deadline: Option<tokio::time::Instant> = None;
         let watcher = Watcher {
@@ -301,7 +272,6 @@ impl State<'_> {
             watcher.clone(),
             self.vm.resource_version.clone(),
         ));
-        let mut startup = tokio::time::interval(Duration::from_millis(50));
         loop {
             let deadline = async {
                 match halt_deadline {
@@ -310,16 +280,13 @@ impl State<'_> {
                 }
             };
             tokio::select! {
-                _ = startup.tick(), if self.phase == Phase::Starting => {
-                    if self.status.get() == api::Status::Running {
-                        self.on_vm_event(&Event::Resume).await;
-                    }
-                }
                 message = messages.recv() => match message {
-                    Some(Message::Vm(event)) => self.on_vm_event(&event).await,
+                    Some(Heard::Running) => self.on_phase(Phase::Running).await,
+                    Some(Heard::Paused) => self.on_phase(Phase::Paused).await,
+                    Some(Heard::Stopping) => self.on_phase(Phase::Stopping).await,
                     ended => {
                         let how = match ended {
-                            Some(Message::Ended(how)) => how,
+                            Some(Heard::Ended(how)) => how,
                             _ => "vmpod ended".to_owned(),
                         };
                         self.report(Phase::Stopped).await;
@@ -332,7 +299,7 @@ impl State<'_> {
                         if wants_halt(&object) && halt_deadline.is_none() {
                             log::info!("{} asks for the VM to stop (spec.running: false or runStrategy: Halted): pressing the power button", self.vm.name);
                             self.vm.run_strategy = "Halted".into();
-                            self.commands.send(Command::Powerdown);
+                            (self.ask)(Ask::Powerdown);
                             self.report(Phase::Stopping).await;
                             self.record("ShuttingDown", "Signaled graceful shutdown: the VM's spec asks for it to stop", false).await;
                             halt_deadline = Some(tokio::time::Instant::now() + self.vm.grace);
@@ -347,20 +314,17 @@ impl State<'_> {
                 },
                 () = deadline => {
                     log::warn!("the guest did not power off within its grace period ({:?}): stopping it", self.vm.grace);
-                    self.commands.send(Command::Quit);
+                    (self.ask)(Ask::Quit);
                     halt_deadline = None;
                 }
             }
         }
     }
 
-    async fn on_vm_event(&mut self, event: &Event) {
-        let phase = match event {
-            Event::Resume => Phase::Running,
-            Event::Stop => Phase::Paused,
-            Event::Powerdown => Phase::Stopping,
-            _ => return,
-        };
+    async fn on_phase(&mut self, phase: Phase) {
+        if phase == self.phase {
+            return;
+        }
         let first_run = phase == Phase::Running && self.phase == Phase::Starting;
         self.report(phase).await;
         match phase {

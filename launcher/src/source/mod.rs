@@ -8,6 +8,7 @@
 //! Main thread, before boot. Hands `spec` the definition and gets a
 //! `VmConfig` back; keeps the cluster connection for the status reporter.
 
+pub mod remote;
 pub mod whoami;
 
 use std::path::{Path, PathBuf};
@@ -71,11 +72,44 @@ pub enum SourceError {
     NoName,
     #[error("{0}")]
     NotFound(String),
+    #[error("vmpod-cluster failed (exit status {code})")]
+    HelperFailed { code: u8 },
     #[error("{origin}: {} problem{}", problems.len(), if problems.len() == 1 { "" } else { "s" })]
     Invalid {
         origin: String,
         problems: Vec<Problem>,
     },
+}
+
+/// The VM to run and where its definition came from.
+#[derive(Debug)]
+pub struct Resolved {
+    pub valid: Valid,
+    pub origin: String,
+}
+
+/// A definition file when no cluster is configured: the bundled
+/// instancetypes, and the pod's labels from the downward API only. Uses
+/// nothing of the cluster client, so vmpod runs it in its own process.
+pub fn find_offline(explicit_name: Option<&str>, path: &Path) -> Result<Resolved, SourceError> {
+    let facts = whoami::Facts::gather();
+    let replica_in_pod = replica_pod(&facts);
+    let context = Context {
+        instancetypes: &instancetype::Bundled,
+        replica_in_pod: replica_in_pod.as_deref(),
+    };
+    let documents = spec::read_file_in(path, &context)?;
+    let wanted = explicit_name.or(facts.vm_name.as_deref());
+    let (valid, origin) = pick(documents, wanted, &path.display().to_string())?;
+    Ok(Resolved { valid, origin })
+}
+
+/// The pod's name when its labels say a controller runs several like it.
+fn replica_pod(facts: &whoami::Facts) -> Option<String> {
+    let controller = whoami::replica_controller(facts.pod_labels.as_ref()?)?;
+    let pod = facts.pod()?.to_owned();
+    log::info!("this pod is one of a {controller}'s: the VM gets an identity of its own, derived from the pod's name {pod}");
+    Some(pod)
 }
 
 /// The VM to run, and what vmpod keeps for reporting on it.
@@ -114,15 +148,7 @@ pub fn find(explicit_name: Option<&str>, from: &From) -> Result<Found, SourceErr
     if facts.pod_labels.is_none() {
         facts.pod_labels = pod_labels(cluster.as_ref(), &facts, &namespace.value);
     }
-    let replica_in_pod = facts
-        .pod_labels
-        .as_ref()
-        .and_then(whoami::replica_controller)
-        .and_then(|controller| {
-            let pod = facts.pod()?.to_owned();
-            log::info!("this pod is one of a {controller}'s: the VM gets an identity of its own, derived from the pod's name {pod}");
-            Some(pod)
-        });
+    let replica_in_pod = replica_pod(&facts);
     let lookup = ClusterLookup {
         cluster: cluster.as_ref(),
     };
