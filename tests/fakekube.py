@@ -136,7 +136,7 @@ class FakeKube:
         self.history = []  # (resourceVersion, type, plural, object)
         self.version = itertools.count(100)
         self.compacted_below = 0
-        self.forbidden = set()  # (verb, plural)
+        self.forbidden = set()  # (verb, plural) or (verb, plural, group)
         self.unserved = set()  # groups the server does not serve
         self.delays = {}  # (verb, plural) -> seconds
         self.requests = []  # (method, path, body)
@@ -244,8 +244,8 @@ class FakeKube:
         self.history.append((int(rv), kind, plural, copy.deepcopy(obj)))
         self.lock.notify_all()
 
-    def forbid(self, verb, plural):
-        self.forbidden.add((verb, plural))
+    def forbid(self, verb, plural, group=None):
+        self.forbidden.add((verb, plural) if group is None else (verb, plural, group))
 
     # -- HTTP ------------------------------------------------------------
 
@@ -318,7 +318,7 @@ class FakeKube:
         delay = self.delays.get((verb, rbac_plural))
         if delay:
             time.sleep(delay)
-        if (verb, rbac_plural) in self.forbidden:
+        if (verb, rbac_plural) in self.forbidden or (verb, rbac_plural, group) in self.forbidden:
             where = f' in the namespace "{namespace}"' if namespace else ""
             what = f'{plural}.{group} "{name}"' if group and name else (f'{plural} "{name}"' if name else plural)
             message = (f'{what} is forbidden: User "system:serviceaccount:default:vmpod" cannot {verb} '

@@ -152,6 +152,22 @@ def test_the_name_comes_from_the_pods_label_and_status_needs_rbac(fake, tmp_path
     assert "status" not in fake.get("virtualmachines", "web", "lab")
 
 
+def test_events_fall_back_to_the_core_group(fake, tmp_path, guests):
+    fake.put(vm_object("old", guests / "poweroff.elf"))
+    fake.forbid("create", "events", group="events.k8s.io")
+    code, _, err = launch(tmp_path, "old")
+    assert code == 0, err
+    assert "without recording Events" not in err, err
+    recorded = fake.events("lab")
+    assert {e["apiVersion"] for e in recorded} == {"v1"}, recorded
+    assert [e["reason"] for e in sorted(recorded, key=lambda e: e["metadata"]["resourceVersion"])] == ["Started", "Stopped"]
+    assert all(e["involvedObject"]["kind"] == "VirtualMachine" and e["involvedObject"]["name"] == "old" for e in recorded)
+    fake.forbid("create", "events", group="")
+    code, _, err = launch(tmp_path, "old")
+    assert code == 0, err
+    assert err.count("vmpod goes on without recording Events") == 1, err
+
+
 def test_downward_api_labels_make_a_replica_with_its_own_identity(fake, tmp_path, guests):
     fake.put(vm_object("web", guests / "poweroff.elf"))
     labels = tmp_path / "labels"

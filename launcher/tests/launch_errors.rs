@@ -270,3 +270,66 @@ fn a_missing_passt_is_named_with_the_nic_and_what_to_install() {
         run.stderr
     );
 }
+
+/// Runs `vmpod launch` in a private mount namespace whose /sys/fs/cgroup
+/// holds the given files, as a container sees its own cgroup (v2).
+fn launch_in_cgroup(definition: &std::path::Path, files: &[(&str, &str)]) -> common::Finished {
+    let mut script = String::from("mount -t tmpfs none /sys/fs/cgroup");
+    for (name, content) in files {
+        script.push_str(&format!(" && echo '{content}' > /sys/fs/cgroup/{name}"));
+    }
+    script.push_str(&format!(
+        " && exec {VMPOD} launch --file {} --run-dir {}",
+        definition.display(),
+        common::run_dir_for(definition).display()
+    ));
+    launch_with(Command::new("unshare").args([
+        "--mount",
+        "--propagation",
+        "private",
+        "sh",
+        "-c",
+        &script,
+    ]))
+    .finish(WATCHDOG)
+}
+
+#[test]
+#[cfg_attr(not(vmpod_kvm), ignore = "needs a usable /dev/kvm")]
+fn a_vm_larger_than_the_pods_limits_is_refused_with_what_to_change() {
+    if !is_root() {
+        common::not_here(
+            "a_vm_larger_than_the_pods_limits_is_refused_with_what_to_change",
+            "needs root for a mount namespace",
+        );
+        return;
+    }
+    let scratch = Scratch::new("pod-limits");
+    let big = scratch.definition("big", &guest("hello.elf"), 1, "56Mi", "");
+    let run = launch_in_cgroup(
+        &big,
+        &[("memory.max", "67108864"), ("cpu.max", "max 100000")],
+    );
+    assert_eq!(run.code, Some(1), "{}", run.stderr);
+    assert!(
+        run.stderr.contains(
+            "guest memory (56Mi) plus vmpod's overhead (16Mi) does not fit the container's memory limit (64Mi, from /sys/fs/cgroup/memory.max): raise the pod's resources.limits.memory or lower domain.memory.guest"
+        ),
+        "{}",
+        run.stderr
+    );
+    let wide = scratch.definition("wide", &guest("hello.elf"), 4, "16Mi", "");
+    let run = launch_in_cgroup(
+        &wide,
+        &[("memory.max", "max"), ("cpu.max", "150000 100000")],
+    );
+    assert_eq!(run.code, Some(1), "{}", run.stderr);
+    let errors: Vec<&str> = run.stderr.lines().filter(|l| l.contains("error")).collect();
+    assert_eq!(errors, ["vmpod: error: the VM has 4 vCPUs but the container's CPU limit allows 1.5 CPUs (from /sys/fs/cgroup/cpu.max): raise the pod's resources.limits.cpu to 4 or lower the VM's vCPUs (domain.cpu)"], "{}", run.stderr);
+    let fits = scratch.definition("fits", &guest("hello.elf"), 2, "16Mi", "");
+    let run = launch_in_cgroup(
+        &fits,
+        &[("memory.max", "67108864"), ("cpu.max", "150000 100000")],
+    );
+    assert_eq!(run.code, Some(0), "{}", run.stderr);
+}
