@@ -16,6 +16,7 @@ import itertools
 import json
 import pathlib
 import queue
+import re
 import ssl
 import subprocess
 import tempfile
@@ -128,6 +129,20 @@ def new_event(event):
     }
 
 
+def json_path(obj, path):
+    """The JSONPath subset printer columns use: `.a.b` and `[?(@.k=='v')]`."""
+    value = obj
+    for step in re.findall(r"\.(\w+)|\[\?\(@\.(\w+)=='([^']*)'\)\]", path):
+        key, filter_key, filter_value = step
+        if key:
+            value = value.get(key) if isinstance(value, dict) else None
+        else:
+            value = next((item for item in value or [] if item.get(filter_key) == filter_value), None)
+        if value is None:
+            return None
+    return value
+
+
 class FakeKube:
     def __init__(self, token="test-token"):
         self.token = token
@@ -141,6 +156,9 @@ class FakeKube:
         self.delays = {}  # (verb, plural) -> seconds
         self.requests = []  # (method, path, body)
         self.files = {}  # /files/NAME -> text, served without credentials
+        self.rbac = None  # when set: the only (group, resource, verb) allowed
+        self.denied = []  # (verb, group, resource) refused for lack of RBAC
+        self.printer_columns = {}  # plural -> [(name, type, jsonPath)]
         self.bookmark_interval = 1.0
         self.max_watch_seconds = 1800  # a real server ends watches too
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
@@ -244,6 +262,19 @@ class FakeKube:
         self.history.append((int(rv), kind, plural, copy.deepcopy(obj)))
         self.lock.notify_all()
 
+    def install_crd(self, crd):
+        """Takes a CustomResourceDefinition's printer columns for tables."""
+        version = crd["spec"]["versions"][0]
+        self.printer_columns[crd["spec"]["names"]["plural"]] = [
+            (c["name"], c["type"], c["jsonPath"]) for c in version.get("additionalPrinterColumns", [])]
+
+    def enforce_rbac(self, roles):
+        """Allows only what these Roles and ClusterRoles grant."""
+        self.rbac = {(group, resource, verb)
+                     for role in roles for rule in role.get("rules", [])
+                     for group in rule.get("apiGroups", []) for resource in rule.get("resources", [])
+                     for verb in rule.get("verbs", [])}
+
     def forbid(self, verb, plural, group=None):
         self.forbidden.add((verb, plural) if group is None else (verb, plural, group))
 
@@ -318,7 +349,10 @@ class FakeKube:
         delay = self.delays.get((verb, rbac_plural))
         if delay:
             time.sleep(delay)
-        if (verb, rbac_plural) in self.forbidden or (verb, rbac_plural, group) in self.forbidden:
+        not_granted = self.rbac is not None and (group, rbac_plural, verb) not in self.rbac
+        if not_granted:
+            self.denied.append((verb, group, rbac_plural))
+        if not_granted or (verb, rbac_plural) in self.forbidden or (verb, rbac_plural, group) in self.forbidden:
             where = f' in the namespace "{namespace}"' if namespace else ""
             what = f'{plural}.{group} "{name}"' if group and name else (f'{plural} "{name}"' if name else plural)
             message = (f'{what} is forbidden: User "system:serviceaccount:default:vmpod" cannot {verb} '
@@ -332,7 +366,8 @@ class FakeKube:
                 return self._reply(handler, 404, status_object(404, "NotFound", f'{qualified} "{name}" not found',
                                                                {"name": name, "group": group, "kind": plural}))
             if "as=Table" in handler.headers.get("Accept", ""):
-                return self._reply(handler, 200, self._table(plural, [obj], obj["metadata"]["resourceVersion"]))
+                return self._reply(handler, 200, self._table(plural, [obj], obj["metadata"]["resourceVersion"],
+                                                             self.printer_columns.get(plural)))
             return self._reply(handler, 200, self._shown(group, obj))
         if verb == "list":
             return self._list(handler, group, version, plural, kind, namespace, query)
@@ -437,29 +472,27 @@ class FakeKube:
         items = [self._shown(group, o) for o in self._selected(plural, namespace, query)]
         rv = str(next(self.version))
         if "as=Table" in handler.headers.get("Accept", ""):
-            return self._reply(handler, 200, self._table(plural, items, rv))
+            return self._reply(handler, 200, self._table(plural, items, rv, self.printer_columns.get(plural)))
         self._reply(handler, 200, {"kind": f"{kind}List", "apiVersion": f"{group}/{version}" if group else version,
                                    "metadata": {"resourceVersion": rv}, "items": items})
 
     @staticmethod
-    def _table(plural, items, rv):
+    def _table(plural, items, rv, printer_columns=None):
+        """A meta.k8s.io Table: Name, then the CRD's printer columns (else Age)."""
+        printer_columns = printer_columns or [("Age", "date", ".metadata.creationTimestamp")]
         columns = [{"name": "Name", "type": "string", "format": "name", "description": "", "priority": 0}]
-        if plural == "virtualmachines":
-            columns += [{"name": n, "type": t, "format": "", "description": "", "priority": 0}
-                        for n, t in [("Age", "date"), ("Status", "string"), ("Ready", "string")]]
-        else:
-            columns.append({"name": "Age", "type": "date", "format": "", "description": "", "priority": 0})
+        columns += [{"name": n, "type": t, "format": "", "description": "", "priority": 0} for n, t, _ in printer_columns]
         rows = []
         for obj in items:
-            meta = obj["metadata"]
-            created = datetime.datetime.strptime(meta.get("creationTimestamp", rfc3339()), "%Y-%m-%dT%H:%M:%SZ")
-            age = f"{max(0, int((now().replace(tzinfo=None) - created).total_seconds()))}s"
-            cells = [meta["name"], age]
-            if plural == "virtualmachines":
-                status = obj.get("status", {})
-                ready = next((c.get("status", "") for c in status.get("conditions", []) if c.get("type") == "Ready"), "")
-                cells += [status.get("printableStatus", ""), ready]
-            rows.append({"cells": cells, "object": {"kind": "PartialObjectMetadata", "apiVersion": "meta.k8s.io/v1", "metadata": meta}})
+            cells = [obj["metadata"]["name"]]
+            for _, kind, path in printer_columns:
+                value = json_path(obj, path)
+                if kind == "date" and value:
+                    created = datetime.datetime.strptime(value, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=datetime.timezone.utc)
+                    value = f"{max(0, int((now() - created).total_seconds()))}s"
+                cells.append("" if value is None else value)
+            rows.append({"cells": cells, "object": {"kind": "PartialObjectMetadata", "apiVersion": "meta.k8s.io/v1",
+                                                    "metadata": obj["metadata"]}})
         return {"kind": "Table", "apiVersion": "meta.k8s.io/v1", "metadata": {"resourceVersion": rv},
                 "columnDefinitions": columns, "rows": rows}
 

@@ -5,12 +5,14 @@ shows that the fake speaks the API kubectl speaks."""
 
 import json
 import os
+import socket
 import pathlib
 import shutil
 import subprocess
 import time
 
 import pytest
+import yaml
 
 import harness
 from conftest import not_here
@@ -26,9 +28,14 @@ def guests(tmp_path_factory):
     return out
 
 
+def manifest(name):
+    return list(yaml.safe_load_all((REPO / "manifests" / name).read_text()))
+
+
 @pytest.fixture
 def fake(tmp_path):
     server = FakeKube()
+    server.install_crd(manifest("crd.yaml")[0])  # the project's CRD gives kubectl its columns
     server.kubeconfig(tmp_path / "kubeconfig", namespace="lab")
     yield server
     server.stop()
@@ -86,6 +93,17 @@ def wait_for(predicate, what, timeout=30):
     pytest.fail(f"timed out waiting for {what}")
 
 
+def qmp(run_dir, command):
+    with socket.socket(socket.AF_UNIX) as client:
+        client.connect(str(run_dir / "qmp.sock"))
+        reader = client.makefile("rb")
+        reader.readline()  # the greeting
+        for message in ({"execute": "qmp_capabilities"}, {"execute": command}):
+            client.sendall(json.dumps(message).encode() + b"\n")
+            while "return" not in json.loads(reader.readline()):
+                pass
+
+
 def reasons(fake):
     return [event.get("reason") for event in sorted(fake.events("lab"), key=lambda e: e["metadata"]["resourceVersion"])]
 
@@ -126,6 +144,12 @@ def test_a_vm_from_the_cluster_reports_its_status_and_stops_when_halted(fake, tm
     row = kubectl(tmp_path, "get", "vm", "demo").stdout.split("\n")[1].split()
     assert row[2:] == ["Running", "True"]
     assert "Started the virtual machine" in kubectl(tmp_path, "describe", "vm", "demo").stdout
+    qmp(tmp_path / "run", "stop")
+    wait_for(lambda: status().get("printableStatus") == "Paused", "status Paused")
+    paused = [c for c in status()["conditions"] if c["type"] == "Paused"]
+    assert paused and paused[0]["status"] == "True" and status()["ready"] is False
+    qmp(tmp_path / "run", "cont")
+    wait_for(lambda: status().get("printableStatus") == "Running", "status Running again")
     fake.compact()  # the next watch's resourceVersion is too old: 410 Gone
     time.sleep(1.5)
     kubectl(tmp_path, "patch", "vm", "demo", "--type=merge", "-p", '{"spec":{"runStrategy":"Halted"}}')
@@ -150,6 +174,29 @@ def test_the_name_comes_from_the_pods_label_and_status_needs_rbac(fake, tmp_path
     assert err.count("without reporting the VM's status") == 1
     assert "`patch` verb on `virtualmachines/status.kubevirt.io`" in err
     assert "status" not in fake.get("virtualmachines", "web", "lab")
+
+
+def test_the_projects_rbac_grants_everything_vmpod_asks_for(fake, tmp_path, guests):
+    roles = [doc for doc in manifest("rbac.yaml") if doc["kind"] in ("Role", "ClusterRole")]
+    fake.enforce_rbac(roles)
+    definition = vm_object("web", guests / "powerbutton.elf")
+    del definition["spec"]["template"]["spec"]["domain"]["memory"]
+    definition["spec"]["instancetype"] = {"name": "u1.nano"}
+    definition["spec"]["preference"] = {"name": "mine", "kind": "VirtualMachinePreference"}
+    fake.put(definition)
+    fake.put({"apiVersion": "instancetype.kubevirt.io/v1beta1", "kind": "VirtualMachinePreference",
+              "metadata": {"name": "mine", "namespace": "lab"}, "spec": {"devices": {"preferredRng": {}}}})
+    fake.put({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "web-pod", "namespace": "lab",
+                                                               "labels": {"vmpod.io/vm": "web"}}})
+    vm = launch(tmp_path, env={"POD_NAME": "web-pod", "POD_NAMESPACE": "lab"}, wait=False)
+    status = lambda: (fake.get("virtualmachines", "web", "lab") or {}).get("status", {})  # noqa: E731
+    wait_for(lambda: status().get("printableStatus") == "Running", "status Running")
+    fake.patch("virtualmachines", "web", {"spec": {"running": False, "runStrategy": None}}, "lab")
+    out, err = vm.communicate(timeout=60)
+    assert vm.returncode == 0, err
+    assert "1 vCPU, 512Mi memory" in err, err  # u1.nano, from the bundled copy (the fake serves none)
+    assert fake.denied == [], fake.denied
+    assert reasons(fake) == ["Started", "ShuttingDown", "Stopped"], reasons(fake)
 
 
 def test_events_fall_back_to_the_core_group(fake, tmp_path, guests):

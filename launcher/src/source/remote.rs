@@ -130,6 +130,7 @@ pub fn resolve(args: &[OsString]) -> Result<(Resolved, Option<StatusLink>), Remo
             to_helper: Arc::new(Mutex::new(Some(to_helper))),
             from_helper: Some(from_helper),
             ended: Arc::new(AtomicBool::new(false)),
+            poller: None,
         }),
     ))
 }
@@ -140,6 +141,8 @@ pub struct StatusLink {
     to_helper: Arc<Mutex<Option<ChildStdin>>>,
     from_helper: Option<BufReader<ChildStdout>>,
     ended: Arc<AtomicBool>,
+    /// Tells the helper when the first boot runs.
+    poller: Option<std::thread::JoinHandle<()>>,
 }
 
 fn tell(to_helper: &Mutex<Option<ChildStdin>>, line: &str) {
@@ -195,17 +198,20 @@ impl StatusLink {
         let ended = self.ended.clone();
         let spawned = std::thread::Builder::new()
             .name("vmpod-cluster-start".into())
-            .spawn(move || {
-                while !ended.load(Ordering::SeqCst) {
-                    if status.get() == Status::Running {
-                        tell(&to_helper, "running");
-                        return;
-                    }
-                    std::thread::sleep(Duration::from_millis(20));
+            .spawn(move || loop {
+                // Past Starting: a guest that powered off at once ran too.
+                if status.get() != Status::Starting {
+                    tell(&to_helper, "running");
+                    return;
                 }
+                if ended.load(Ordering::SeqCst) {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(20));
             });
-        if let Err(error) = spawned {
-            log::warn!("cannot tell {HELPER} when the VM runs: {error}");
+        match spawned {
+            Ok(poller) => self.poller = Some(poller),
+            Err(error) => log::warn!("cannot tell {HELPER} when the VM runs: {error}"),
         }
     }
 
@@ -213,6 +219,9 @@ impl StatusLink {
     /// report so.
     pub fn finish(mut self, how: &str) {
         self.ended.store(true, Ordering::SeqCst);
+        if let Some(poller) = self.poller.take() {
+            let _ = poller.join();
+        }
         tell(&self.to_helper, &format!("ended {how}"));
         drop(
             self.to_helper
