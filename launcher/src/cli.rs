@@ -58,7 +58,7 @@ pub fn validate(files: &[std::path::PathBuf], quiet: bool) -> ExitCode {
                 }) => {
                     definitions_seen += 1;
                     failed = true;
-                    print_problems(&format!("{shown}: {origin}"), &problems);
+                    vmpod::logging::report_problems(&format!("{shown}: {origin}"), &problems);
                 }
             }
         }
@@ -110,17 +110,6 @@ fn check_boot_disk(config: &VmConfig) -> Result<(), String> {
     }
 }
 
-fn print_problems(context: &str, problems: &[spec::Problem]) {
-    let count = problems.len();
-    eprintln!(
-        "{context}: {count} problem{}",
-        if count == 1 { "" } else { "s" }
-    );
-    for problem in problems {
-        eprintln!("  {problem}");
-    }
-}
-
 /// `1 vCPU, 128Mi, 2 disks, 1 NIC`.
 fn summary(config: &VmConfig) -> String {
     let plural =
@@ -168,7 +157,7 @@ pub fn load_one(file: &Path, name: Option<&str>) -> Result<Valid, ExitCode> {
             Ok(valid)
         }
         Err(problems) => {
-            print_problems(&format!("{shown}: {}", definition.origin), &problems);
+            vmpod::logging::report_problems(&format!("{shown}: {}", definition.origin), &problems);
             Err(ExitCode::from(DEFINITION_ERROR))
         }
     }
@@ -276,7 +265,7 @@ pub fn report_source_error(error: vmpod::source::SourceError) -> ExitCode {
         // The helper has said why already (its stderr is ours).
         vmpod::source::SourceError::HelperFailed { code } => ExitCode::from(code),
         vmpod::source::SourceError::Invalid { origin, problems } => {
-            print_problems(&format!("vmpod: error: {origin}"), &problems);
+            vmpod::logging::report_problems(&format!("vmpod: error: {origin}"), &problems);
             ExitCode::from(DEFINITION_ERROR)
         }
         error => {

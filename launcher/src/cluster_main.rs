@@ -17,6 +17,7 @@ use std::time::Duration;
 use clap::{Parser, Subcommand};
 
 use vmpod::cluster::status::{self, Ask, Heard, VmObject};
+use vmpod::logging::{report, report_problems};
 use vmpod::source::remote::Answer;
 use vmpod::source::{self, Resolved, SourceError};
 
@@ -50,20 +51,6 @@ enum Command {
 /// Exit status for a definition that cannot be used.
 const DEFINITION_ERROR: u8 = 2;
 
-fn report(error: &dyn std::error::Error) {
-    let mut shown = error.to_string();
-    eprintln!("vmpod: error: {shown}");
-    let mut source = error.source();
-    while let Some(cause) = source {
-        let text = cause.to_string();
-        if !shown.contains(&text) {
-            eprintln!("  caused by: {text}");
-            shown.push_str(&text);
-        }
-        source = cause.source();
-    }
-}
-
 fn main() -> ExitCode {
     vmpod::logging::init();
     // vmpod ends this helper by closing its stdin, after the VM's last
@@ -79,14 +66,7 @@ fn main() -> ExitCode {
     let found = match source::find(vm.as_deref(), &from) {
         Ok(found) => found,
         Err(SourceError::Invalid { origin, problems }) => {
-            let count = problems.len();
-            eprintln!(
-                "vmpod: error: {origin}: {count} problem{}",
-                if count == 1 { "" } else { "s" }
-            );
-            for problem in &problems {
-                eprintln!("  {problem}");
-            }
+            report_problems(&format!("vmpod: error: {origin}"), &problems);
             return ExitCode::from(DEFINITION_ERROR);
         }
         Err(error) => {

@@ -7,6 +7,37 @@
 use log::{LevelFilter, Log, Metadata, Record};
 use std::io::Write;
 
+/// Prints an error for people, with every cause in its chain that adds
+/// something (a message that already quotes its cause is not followed by it
+/// again): the last word of a command that failed.
+pub fn report(error: &dyn std::error::Error) {
+    let mut shown = error.to_string();
+    let mut text = format!("vmpod: error: {shown}\n");
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !shown.contains(&cause_text) {
+            text.push_str(&format!("  caused by: {cause_text}\n"));
+            shown.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    let _ = std::io::stderr().lock().write_all(text.as_bytes());
+}
+
+/// Prints a definition's problems under a heading: `CONTEXT: 2 problems`.
+pub fn report_problems(context: &str, problems: &[impl std::fmt::Display]) {
+    let count = problems.len();
+    let mut text = format!(
+        "{context}: {count} problem{}\n",
+        if count == 1 { "" } else { "s" }
+    );
+    for problem in problems {
+        text.push_str(&format!("  {problem}\n"));
+    }
+    let _ = std::io::stderr().lock().write_all(text.as_bytes());
+}
+
 struct StderrLogger;
 
 impl Log for StderrLogger {

@@ -166,21 +166,7 @@ fn arguments_with_role(mut args: Vec<OsString>) -> Vec<OsString> {
     args
 }
 
-/// Prints an error with every cause in its chain that adds something (a
-/// message that already quotes its cause is not followed by it again).
-pub fn report(error: &dyn std::error::Error) {
-    let mut shown = error.to_string();
-    eprintln!("vmpod: error: {shown}");
-    let mut source = error.source();
-    while let Some(cause) = source {
-        let text = cause.to_string();
-        if !shown.contains(&text) {
-            eprintln!("  caused by: {text}");
-            shown.push_str(&text);
-        }
-        source = cause.source();
-    }
-}
+pub use vmpod::logging::report;
 
 fn relay_result<T>(result: Result<T, vmpod::helpers::serial::SerialError>) -> ExitCode {
     match result {

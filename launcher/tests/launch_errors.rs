@@ -87,20 +87,7 @@ fn a_pod_without_dev_kvm_is_told_how_to_pass_it_in() {
     let definition = scratch.definition("nokvm", &guest("hello.elf"), 1, "16Mi", "");
     // A private mount namespace whose /dev is an empty tmpfs, as in a pod
     // that did not mount the device.
-    let script = format!(
-        "mount -t tmpfs none /dev && exec {VMPOD} launch --file {} --run-dir {}",
-        definition.display(),
-        common::run_dir_for(&definition).display()
-    );
-    let run = launch_with(Command::new("unshare").args([
-        "--mount",
-        "--propagation",
-        "private",
-        "sh",
-        "-c",
-        &script,
-    ]))
-    .finish(WATCHDOG);
+    let run = launch_in_namespace(&definition, "mount -t tmpfs none /dev");
     assert_eq!(run.code, Some(1), "{}", run.stderr);
     assert!(
         run.stderr.contains("/dev/kvm does not exist"),
@@ -271,18 +258,14 @@ fn a_missing_passt_is_named_with_the_nic_and_what_to_install() {
     );
 }
 
-/// Runs `vmpod launch` in a private mount namespace whose /sys/fs/cgroup
-/// holds the given files, as a container sees its own cgroup (v2).
-fn launch_in_cgroup(definition: &std::path::Path, files: &[(&str, &str)]) -> common::Finished {
-    let mut script = String::from("mount -t tmpfs none /sys/fs/cgroup");
-    for (name, content) in files {
-        script.push_str(&format!(" && echo '{content}' > /sys/fs/cgroup/{name}"));
-    }
-    script.push_str(&format!(
-        " && exec {VMPOD} launch --file {} --run-dir {}",
+/// Runs `vmpod launch` in a private mount namespace that `setup` (shell)
+/// shaped first, as a pod's container would see the machine.
+fn launch_in_namespace(definition: &std::path::Path, setup: &str) -> common::Finished {
+    let script = format!(
+        "{setup} && exec {VMPOD} launch --file {} --run-dir {}",
         definition.display(),
         common::run_dir_for(definition).display()
-    ));
+    );
     launch_with(Command::new("unshare").args([
         "--mount",
         "--propagation",
@@ -292,6 +275,16 @@ fn launch_in_cgroup(definition: &std::path::Path, files: &[(&str, &str)]) -> com
         &script,
     ]))
     .finish(WATCHDOG)
+}
+
+/// [`launch_in_namespace`] with a /sys/fs/cgroup holding `files`, as a
+/// container sees its own cgroup (v2).
+fn launch_in_cgroup(definition: &std::path::Path, files: &[(&str, &str)]) -> common::Finished {
+    let mut setup = String::from("mount -t tmpfs none /sys/fs/cgroup");
+    for (name, content) in files {
+        setup.push_str(&format!(" && echo '{content}' > /sys/fs/cgroup/{name}"));
+    }
+    launch_in_namespace(definition, &setup)
 }
 
 #[test]

@@ -8,6 +8,7 @@
 //! Errors name what was asked, where, and what to change.
 
 pub mod status;
+mod watch;
 
 use std::time::Duration;
 
