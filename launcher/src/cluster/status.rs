@@ -25,6 +25,8 @@ pub struct VmObject {
     pub name: String,
     pub uid: String,
     pub generation: i64,
+    /// The latest generation seen: the spec the next start will run.
+    pub desired_generation: i64,
     pub resource_version: String,
     pub run_strategy: String,
     /// Who reports, for Events (`reportingInstance`): the pod's name.
@@ -59,6 +61,7 @@ impl VmObject {
             name: text(&metadata["name"]),
             uid: text(&metadata["uid"]),
             generation: metadata["generation"].as_i64().unwrap_or(0),
+            desired_generation: metadata["generation"].as_i64().unwrap_or(0),
             resource_version: text(&metadata["resourceVersion"]),
             run_strategy,
             reporter: reporter.to_owned(),
@@ -134,7 +137,7 @@ pub fn status_patch(vm: &VmObject, phase: Phase, now: &str) -> Value {
             "printableStatus": phase.printable(),
             "runStrategy": vm.run_strategy,
             "observedGeneration": vm.generation,
-            "desiredGeneration": vm.generation,
+            "desiredGeneration": vm.desired_generation,
             "conditions": conditions,
         }
     })
@@ -304,8 +307,10 @@ impl State<'_> {
                             self.report(Phase::Stopping).await;
                             self.record("ShuttingDown", "Signaled graceful shutdown: the VM's spec asks for it to stop", false).await;
                             halt_deadline = Some(tokio::time::Instant::now() + self.vm.grace);
-                        } else if object["metadata"]["generation"].as_i64().is_some_and(|g| g != self.vm.generation) {
-                            log::info!("{}'s spec changed (generation {}): it applies at the next start, as in KubeVirt", self.vm.name, object["metadata"]["generation"]);
+                        } else if let Some(generation) = object["metadata"]["generation"].as_i64().filter(|g| *g > self.vm.desired_generation) {
+                            log::info!("{}'s spec changed (generation {generation}): it applies at the next start, as in KubeVirt", self.vm.name);
+                            self.vm.desired_generation = generation;
+                            self.report(self.phase).await;
                         }
                     }
                     None => {

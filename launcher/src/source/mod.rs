@@ -5,8 +5,9 @@
 //! cluster, else the bundled copy; a replica's identity when a controller
 //! runs the definition in several pods.
 //!
-//! Main thread, before boot. Hands `spec` the definition and gets a
-//! `VmConfig` back; keeps the cluster connection for the status reporter.
+//! Main thread, before boot: [`find_offline`] in vmpod itself, [`find`] in
+//! the `vmpod-cluster` helper, which [`remote`] runs and talks to. Hands
+//! `spec` the definition and gets a `VmConfig` back.
 
 pub mod remote;
 pub mod whoami;
@@ -99,8 +100,12 @@ pub fn find_offline(explicit_name: Option<&str>, path: &Path) -> Result<Resolved
         replica_in_pod: replica_in_pod.as_deref(),
     };
     let documents = spec::read_file_in(path, &context)?;
-    let wanted = explicit_name.or(facts.vm_name.as_deref());
-    let (valid, origin) = pick(documents, wanted, &path.display().to_string())?;
+    let (valid, origin) = pick(
+        documents,
+        explicit_name,
+        &facts,
+        &path.display().to_string(),
+    )?;
     Ok(Resolved { valid, origin })
 }
 
@@ -156,135 +161,138 @@ pub fn find(explicit_name: Option<&str>, from: &From) -> Result<Found, SourceErr
         instancetypes: &lookup,
         replica_in_pod: replica_in_pod.as_deref(),
     };
-    let name = whoami::vm_name(explicit_name, &facts);
     let pod = facts.pod().unwrap_or("vmpod").to_owned();
-    match from {
-        From::File(path) => {
-            let documents = spec::read_file_in(path, &context)?;
-            let wanted = explicit_name.or(facts.vm_name.as_deref());
-            let valid_origin = pick(documents, wanted, &path.display().to_string())?;
-            Ok(Found {
-                valid: valid_origin.0,
-                origin: valid_origin.1,
-                status_target: None,
-                pod,
-            })
-        }
+    let (documents, origin) = match from {
+        From::File(path) => (
+            spec::read_file_in(path, &context)?,
+            path.display().to_string(),
+        ),
         From::Url(url) => {
             let text = cluster::fetch_url(url)?;
-            if text.len() as u64 > spec::MAX_DEFINITION_BYTES {
-                return Err(SourceError::NotFound(format!(
-                    "{url}: more than {} MiB, not a VM definition",
-                    spec::MAX_DEFINITION_BYTES >> 20
-                )));
-            }
-            let documents = spec::parse_documents_in(text.as_bytes(), &context).map_err(|e| {
-                SourceError::Invalid {
-                    origin: url.clone(),
-                    problems: vec![Problem {
-                        path: String::new(),
-                        message: format!("not valid YAML or JSON: {e}"),
-                    }],
-                }
-            })?;
-            let wanted = explicit_name.or(facts.vm_name.as_deref());
-            let (valid, origin) = pick(documents, wanted, url)?;
-            Ok(Found {
-                valid,
-                origin,
-                status_target: None,
-                pod,
-            })
+            (parse_text(&text, url, &context)?, url.clone())
         }
         From::ConfigMap { name: map, key } => {
             let cluster = cluster.as_ref().ok_or_else(|| SourceError::NoCluster {
                 wanted: format!("ConfigMap {map}"),
             })?;
-            log::info!("namespace {} (from {})", namespace.value, namespace.from);
-            let object = cluster
-                .get(cluster::CONFIG_MAPS, &namespace.value, map)?
-                .ok_or_else(|| {
-                    SourceError::NotFound(format!(
-                        "no ConfigMap {map:?} in namespace {} at {}",
-                        namespace.value, cluster.server
-                    ))
-                })?;
-            let origin = format!("ConfigMap {}/{map}", namespace.value);
-            let data = object["data"].as_object().cloned().unwrap_or_default();
-            let texts: Vec<(String, String)> = data
-                .into_iter()
-                .filter(|(k, _)| key.as_ref().is_none_or(|wanted| wanted == k))
-                .filter_map(|(k, v)| Some((k, v.as_str()?.to_owned())))
-                .collect();
-            if let (Some(key), true) = (key, texts.is_empty()) {
-                return Err(SourceError::NotFound(format!(
-                    "{origin} has no key {key:?}"
-                )));
-            }
-            let mut documents = Vec::new();
-            for (key, text) in texts {
-                let parsed = spec::parse_documents_in(text.as_bytes(), &context).map_err(|e| {
-                    SourceError::Invalid {
-                        origin: format!("{origin} data[{key:?}]"),
-                        problems: vec![Problem {
-                            path: String::new(),
-                            message: format!("not valid YAML or JSON: {e}"),
-                        }],
-                    }
-                })?;
-                documents.extend(parsed);
-            }
-            let wanted = explicit_name.or(facts.vm_name.as_deref());
-            let (valid, origin) = pick(documents, wanted, &origin)?;
-            Ok(Found {
-                valid,
-                origin,
-                status_target: None,
-                pod,
-            })
+            from_config_map(cluster, &namespace, map, key.as_deref(), &context)?
         }
         From::Cluster => {
             let connected = cluster.as_ref().ok_or_else(|| SourceError::NoCluster {
                 wanted: "a VirtualMachine in the cluster".into(),
             })?;
-            let name = name.ok_or(SourceError::NoName)?;
-            log::info!(
-                "VM {} (name from {}, namespace {} from {})",
-                name.value,
-                name.from,
-                namespace.value,
-                namespace.from
-            );
-            let (object, kind) = match connected.get(cluster::VIRTUAL_MACHINES, &namespace.value, &name.value)? {
-                Some(object) => (object, "VirtualMachine"),
-                None => match connected.get(cluster::VIRTUAL_MACHINE_INSTANCES, &namespace.value, &name.value)? {
-                    Some(object) => (object, "VirtualMachineInstance"),
-                    None => {
-                        return Err(SourceError::NotFound(format!(
-                            "no VirtualMachine or VirtualMachineInstance named {:?} in namespace {} at {} (the name came from {}, the namespace from {})",
-                            name.value, namespace.value, connected.server, name.from, namespace.from
-                        )))
-                    }
-                },
-            };
+            let name = whoami::vm_name(explicit_name, &facts).ok_or(SourceError::NoName)?;
+            let (object, kind) = from_cluster(connected, &namespace, &name)?;
             let origin = format!("{kind} {}/{}", namespace.value, name.value);
-            let value = to_yaml_value(&object);
             let valid =
-                spec::parse_vm_in(&value, &context).map_err(|problems| SourceError::Invalid {
-                    origin: origin.clone(),
-                    problems,
+                spec::parse_vm_in(&to_yaml_value(&object), &context).map_err(|problems| {
+                    SourceError::Invalid {
+                        origin: origin.clone(),
+                        problems,
+                    }
                 })?;
             let status_target = cluster
                 .filter(|_| kind == "VirtualMachine" && replica_in_pod.is_none())
                 .map(|cluster| (cluster, object));
-            Ok(Found {
+            return Ok(Found {
                 valid,
                 origin,
                 status_target,
                 pod,
-            })
+            });
+        }
+    };
+    let (valid, origin) = pick(documents, explicit_name, &facts, &origin)?;
+    Ok(Found {
+        valid,
+        origin,
+        status_target: None,
+        pod,
+    })
+}
+
+/// The definitions in a text fetched from somewhere (`origin` says where).
+fn parse_text(text: &str, origin: &str, context: &Context) -> Result<Vec<Document>, SourceError> {
+    if text.len() as u64 > spec::MAX_DEFINITION_BYTES {
+        return Err(SourceError::NotFound(format!(
+            "{origin}: more than {} MiB, not a VM definition",
+            spec::MAX_DEFINITION_BYTES >> 20
+        )));
+    }
+    spec::parse_documents_in(text.as_bytes(), context).map_err(|e| SourceError::Invalid {
+        origin: origin.to_owned(),
+        problems: vec![Problem {
+            path: String::new(),
+            message: format!("not valid YAML or JSON: {e}"),
+        }],
+    })
+}
+
+/// The definitions in a ConfigMap's data (one key, or every key).
+fn from_config_map(
+    cluster: &Cluster,
+    namespace: &whoami::Chosen,
+    map: &str,
+    key: Option<&str>,
+    context: &Context,
+) -> Result<(Vec<Document>, String), SourceError> {
+    log::info!("namespace {} (from {})", namespace.value, namespace.from);
+    let object = cluster
+        .get(cluster::CONFIG_MAPS, &namespace.value, map)?
+        .ok_or_else(|| {
+            SourceError::NotFound(format!(
+                "no ConfigMap {map:?} in namespace {} at {}",
+                namespace.value, cluster.server
+            ))
+        })?;
+    let origin = format!("ConfigMap {}/{map}", namespace.value);
+    let data = object["data"].as_object().cloned().unwrap_or_default();
+    let texts: Vec<(String, String)> = data
+        .into_iter()
+        .filter(|(k, _)| key.is_none_or(|wanted| wanted == k))
+        .filter_map(|(k, v)| Some((k, v.as_str()?.to_owned())))
+        .collect();
+    if let (Some(key), true) = (key, texts.is_empty()) {
+        return Err(SourceError::NotFound(format!(
+            "{origin} has no key {key:?}"
+        )));
+    }
+    let mut documents = Vec::new();
+    for (key, text) in texts {
+        documents.extend(parse_text(
+            &text,
+            &format!("{origin} data[{key:?}]"),
+            context,
+        )?);
+    }
+    Ok((documents, origin))
+}
+
+/// The VirtualMachine of that name, else the VirtualMachineInstance.
+fn from_cluster(
+    cluster: &Cluster,
+    namespace: &whoami::Chosen,
+    name: &whoami::Chosen,
+) -> Result<(serde_json::Value, &'static str), SourceError> {
+    log::info!(
+        "VM {} (name from {}, namespace {} from {})",
+        name.value,
+        name.from,
+        namespace.value,
+        namespace.from
+    );
+    for (resource, kind) in [
+        (cluster::VIRTUAL_MACHINES, "VirtualMachine"),
+        (cluster::VIRTUAL_MACHINE_INSTANCES, "VirtualMachineInstance"),
+    ] {
+        if let Some(object) = cluster.get(resource, &namespace.value, &name.value)? {
+            return Ok((object, kind));
         }
     }
+    Err(SourceError::NotFound(format!(
+        "no VirtualMachine or VirtualMachineInstance named {:?} in namespace {} at {} (the name came from {}, the namespace from {})",
+        name.value, namespace.value, cluster.server, name.from, namespace.from
+    )))
 }
 
 fn to_yaml_value(object: &serde_json::Value) -> serde_norway::Value {
@@ -317,10 +325,13 @@ fn pod_labels(
     }
 }
 
-/// Exactly one valid VM among `documents` (named `wanted` when several).
+/// Exactly one valid VM among `documents`: the one named on the command
+/// line or by `VM_NAME`; else the only one; else, among several, the one
+/// the pod's label or hostname names.
 fn pick(
     documents: Vec<Document>,
-    wanted: Option<&str>,
+    explicit_name: Option<&str>,
+    facts: &whoami::Facts,
     place: &str,
 ) -> Result<(Valid, String), SourceError> {
     let definitions: Vec<Definition> = documents
@@ -331,6 +342,17 @@ fn pick(
         })
         .collect();
     let count = definitions.len();
+    let mut wanted = explicit_name.or(facts.vm_name.as_deref());
+    let guessed = whoami::vm_name(None, facts);
+    if let (None, true, Some(guess)) = (wanted, count > 1, &guessed) {
+        if definitions
+            .iter()
+            .any(|d| definition_name(d) == Some(guess.value.as_str()))
+        {
+            log::info!("{place}: running {} (named by {})", guess.value, guess.from);
+            wanted = Some(guess.value.as_str());
+        }
+    }
     let mut matching: Vec<Definition> = definitions
         .into_iter()
         .filter(|definition| {
