@@ -65,7 +65,7 @@ def vm_object(name, kernel, kind="VirtualMachine", namespace="lab", **spec):
             "spec": {"runStrategy": "Always", **spec, "template": {"spec": {"domain": domain}}}}
 
 
-def launch(tmp_path, *args, env=None, wait=True, timeout=60):
+def launch(tmp_path, *args, env=None, wait=True, timeout=60, cgroup=None):
     if not pathlib.Path("/dev/kvm").exists():
         not_here("/dev/kvm is missing")
     environment = {k: v for k, v in os.environ.items() if k not in ("POD_NAME", "POD_NAMESPACE", "VM_NAME")}
@@ -75,6 +75,13 @@ def launch(tmp_path, *args, env=None, wait=True, timeout=60):
     binary = harness.TARGET / "release" / "vmpod"
     command = [binary, "launch", *args, "--run-dir", tmp_path / "run", "--scratch-dir", tmp_path / "scratch",
                "--launch-dir", tmp_path / "no-hooks"]
+    if cgroup:  # a private /sys/fs/cgroup holding these files, as a pod's container sees its own
+        if os.geteuid() != 0:
+            not_here("a private /sys/fs/cgroup needs root")
+        setup = " && ".join(["mount -t tmpfs none /sys/fs/cgroup"] +
+                            [f"echo '{value}' > /sys/fs/cgroup/{name}" for name, value in cgroup.items()])
+        command = ["unshare", "--mount", "--propagation", "private", "sh", "-c",
+                   f'{setup} && exec "$0" "$@"', *command]
     process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                text=True, env=environment)
     if not wait:
@@ -201,6 +208,22 @@ def test_the_projects_rbac_grants_everything_vmpod_asks_for(fake, tmp_path, gues
     assert "1 vCPU, 512Mi memory" in err, err  # u1.nano, from the bundled copy (the fake serves none)
     assert fake.denied == [], fake.denied
     assert reasons(fake) == ["Started", "ShuttingDown", "Stopped"], reasons(fake)
+
+
+def test_the_status_helper_counts_against_the_pods_memory_limit(fake, tmp_path, guests):
+    fake.put(vm_object("demo", guests / "poweroff.elf"))
+    limit = {"memory.max": str(36 << 20)}  # 16Mi guest + 16Mi vmpod fits; + 8Mi for the helper does not
+    code, _, err = launch(tmp_path, "demo", cgroup=limit)
+    assert code == 1, err
+    assert "guest memory (16Mi) plus vmpod's overhead (24Mi) does not fit the container's memory limit (36Mi" in err, err
+    assert fake.get("virtualmachines", "demo", "lab")["status"]["printableStatus"] == "Stopped"
+    failed = [e for e in fake.events("lab") if e["reason"] == "SyncFailed"]
+    assert len(failed) == 1 and failed[0]["type"] == "Warning" and "does not fit" in failed[0]["note"], failed
+    assert reasons(fake)[-1] == "Stopped"
+    vmi = vm_object("alone", guests / "poweroff.elf", kind="VirtualMachineInstance")
+    fake.put(vmi)  # nothing to report for an instance: no helper stays
+    code, _, err = launch(tmp_path, "alone", cgroup=limit)
+    assert code == 0, err
 
 
 def test_events_fall_back_to_the_core_group(fake, tmp_path, guests):

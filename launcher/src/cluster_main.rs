@@ -3,7 +3,7 @@
 //! `vmpod-cluster resolve [NAME] [--file F|--configmap M[/K]|--url U]`:
 //! it prints the resolved VM as one JSON line on stdout and, when the VM's
 //! status is to be reported, stays: it reads what the VM does from stdin
-//! (`running`, `paused`, `stopping`, `ended HOW`) and writes what the VMM
+//! (`running`, `paused`, `stopping`, `ended HOW`, `failed WHY`) and writes what the VMM
 //! should do to stdout (`powerdown`, `quit`). Its log is vmpod's (stderr).
 //!
 //! Exit status: 0 done, 1 runtime failure, 2 no usable definition.
@@ -120,6 +120,7 @@ fn main() -> ExitCode {
                     ("paused", _) => Heard::Paused,
                     ("stopping", _) => Heard::Stopping,
                     ("ended", how) => Heard::Ended(how.to_owned()),
+                    ("failed", why) => Heard::Failed(why.to_owned()),
                     _ => continue,
                 };
                 if heard.send(said).is_err() {

@@ -76,6 +76,25 @@ pub fn run(
     options: &LaunchOptions,
     reporter: Option<StatusLink>,
 ) -> Result<Outcome, LaunchError> {
+    let mut reporter = reporter;
+    let outcome = run_reporting(config, options, &mut reporter);
+    if let Some(reporter) = reporter {
+        match &outcome {
+            Ok(Outcome::Poweroff) => reporter.finish("the guest powered off"),
+            Ok(Outcome::ForcedStop(signal)) => {
+                reporter.finish(&format!("stopped after signal {signal}"))
+            }
+            Err(error) => reporter.fail(&error.to_string()),
+        }
+    }
+    outcome
+}
+
+fn run_reporting(
+    config: &VmConfig,
+    options: &LaunchOptions,
+    reporter: &mut Option<StatusLink>,
+) -> Result<Outcome, LaunchError> {
     // Before any thread starts, so that every thread inherits the mask.
     let termination_signals = SignalFd::take(&termination::TERMINATION_SIGNALS)
         .map_err(io_error("take SIGTERM and SIGINT"))?;
@@ -90,8 +109,13 @@ pub fn run(
     let changed = crate::hooks::run(&hooks, config)?;
     let config = changed.as_ref().unwrap_or(config);
     warn_about_unbuilt_devices(config);
+    let overhead = match reporter {
+        Some(_) => host::VMM_OVERHEAD_BYTES + host::STATUS_HELPER_BYTES,
+        None => host::VMM_OVERHEAD_BYTES,
+    };
     host::check_memory(
         config.memory_bytes,
+        overhead,
         host::container_memory_limit(),
         host::host_memory_total(),
     )?;
@@ -108,7 +132,6 @@ pub fn run(
         api::channel().map_err(io_error("create the command channel"))?;
     let (event_sender, events) = api::channel().map_err(io_error("create the event channel"))?;
     let status = SharedStatus::default();
-    let mut reporter = reporter;
     if let Some(link) = reporter.as_mut() {
         link.start(command_sender.clone(), status.clone());
     }
@@ -178,13 +201,6 @@ pub fn run(
     control.stop();
     for socket in [SERIAL_SOCKET, QMP_SOCKET, MONITOR_SOCKET, READY_SOCKET] {
         run_dir.remove_socket(socket);
-    }
-    if let Some(reporter) = reporter {
-        reporter.finish(&match &outcome {
-            Ok(Outcome::Poweroff) => "the guest powered off".to_owned(),
-            Ok(Outcome::ForcedStop(signal)) => format!("stopped after signal {signal}"),
-            Err(error) => format!("failed: {error}"),
-        });
     }
     Ok(outcome?)
 }

@@ -223,6 +223,8 @@ pub enum Heard {
     Stopping,
     /// The VM has ended; how, for the Event.
     Ended(String),
+    /// The VM could not run (or stopped on an error); why.
+    Failed(String),
 }
 
 /// What the reporter asks of the VMM.
@@ -291,6 +293,10 @@ impl State<'_> {
                     ended => {
                         let how = match ended {
                             Some(Heard::Ended(how)) => how,
+                            Some(Heard::Failed(why)) => {
+                                self.record("SyncFailed", &why, true).await;
+                                format!("failed: {why}")
+                            }
                             _ => "vmpod ended".to_owned(),
                         };
                         self.report(Phase::Stopped).await;

@@ -217,12 +217,22 @@ impl StatusLink {
 
     /// Tells the helper the VM has ended and waits (up to 10 s) for it to
     /// report so.
-    pub fn finish(mut self, how: &str) {
+    pub fn finish(self, how: &str) {
+        self.end(&format!("ended {how}"));
+    }
+
+    /// Tells the helper the VM could not run, and why (a `SyncFailed`
+    /// Event, as KubeVirt records), then as [`finish`](Self::finish).
+    pub fn fail(self, why: &str) {
+        self.end(&format!("failed {}", why.replace('\n', " ")));
+    }
+
+    fn end(mut self, line: &str) {
         self.ended.store(true, Ordering::SeqCst);
         if let Some(poller) = self.poller.take() {
             let _ = poller.join();
         }
-        tell(&self.to_helper, &format!("ended {how}"));
+        tell(&self.to_helper, line);
         drop(
             self.to_helper
                 .lock()
