@@ -104,8 +104,20 @@ pub fn resolve(args: &[OsString]) -> Result<(Resolved, Option<StatusLink>), Remo
             code: u8::try_from(status).unwrap_or(1).max(1),
         });
     }
-    let answer: Answer =
-        serde_json::from_str(&line).map_err(|e| RemoteError::BadAnswer(e.to_string()))?;
+    let answer = serde_json::from_str::<Answer>(&line)
+        .map_err(|e| e.to_string())
+        .and_then(|answer| match answer.config.validate() {
+            Ok(()) => Ok(answer),
+            Err(problems) => Err(format!("a VM configuration with problems: {problems:?}")),
+        });
+    let answer = match answer {
+        Ok(answer) => answer,
+        Err(why) => {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(RemoteError::BadAnswer(why));
+        }
+    };
     let resolved = Resolved {
         valid: Valid {
             config: answer.config,
