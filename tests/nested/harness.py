@@ -27,6 +27,9 @@ class Hung(Exception):
 # long is the harness's known hang (TESTING.md), not a vmpod result.
 FIRST_OUTPUT_SECONDS = 180
 
+# What L1's kernel prints when it, not vmpod, is in trouble.
+L1_KERNEL_TROUBLE = ("Kernel panic", "BUG: soft lockup", "corrupted stack end")
+
 
 def run_l1(command, timeout):
     """Runs L1; returns (output, finished). Stops it early when it prints
@@ -84,17 +87,20 @@ def run(vmpod_binary, *scenarios, timeout=900):
         log.write_text(output)
         silent = not any("L1: " in line for line in output.splitlines())
         completed = "L1: RESULT done" in output
+        # L1's own kernel in trouble (its KVM under TCG), not a vmpod result.
+        l1_trouble = any(sign in output for sign in L1_KERNEL_TROUBLE)
         if finished and completed:
             break
-        if attempt == 2 or (not finished and not silent):
+        if attempt == 2 or (not finished and not silent and not l1_trouble):
             if silent or not finished:
                 what = "ended without printing anything of its own" if finished else "did not finish"
                 raise Hung(f"the nested harness {what} (attempt {attempt}); its output is in {log}")
             break  # L1 ended early twice: say which scenarios it never ran
         # L1 never reached its /init, or its kernel or QEMU stopped before
-        # the last scenario (seen: "corrupted stack end detected inside
-        # scheduler" in L1's KVM under TCG): the harness, not a vmpod result.
-        why = "printed nothing of its own" if silent else "ended before its last scenario"
+        # the last scenario, or its kernel locked up (seen: "corrupted stack
+        # end detected inside scheduler", "soft lockup" in a vCPU thread of
+        # L1's KVM under TCG): the harness, not a vmpod result.
+        why = "printed nothing of its own" if silent else ("ended before its last scenario" if finished else "locked up")
         warnings.warn(f"nested harness: L1 {why}; retried once; the first attempt's output ended:\n{output[-3000:]}")
     runs = {}
     for line in output.splitlines():
