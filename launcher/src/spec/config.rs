@@ -241,6 +241,10 @@ pub struct KernelBoot {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub initrd: Option<PathBuf>,
     pub cmdline: String,
+    /// `kernelBoot.container.image`: where the pod finds the files when
+    /// that image is mounted at `pod::KERNEL_BOOT_MOUNT` (`vmpod render --pod`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -261,8 +265,15 @@ pub struct Disk {
 pub enum DiskSource {
     /// A disk image shipped in a container image and mounted into the pod;
     /// written through a copy-on-write overlay, never in place.
+    /// `image` is where it comes from: mounted at `/vm/images/<volume>`
+    /// (`vmpod render --pod`), `path` is inside that mount; else `path` is
+    /// in the pod itself (the image baked or mounted there).
     #[serde(rename_all = "camelCase")]
-    ContainerDisk { path: PathBuf },
+    ContainerDisk {
+        path: PathBuf,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        image: Option<String>,
+    },
     /// A PersistentVolumeClaim mounted into the pod (file, directory holding
     /// `disk.img`, or block device).
     #[serde(rename_all = "camelCase")]

@@ -288,15 +288,12 @@ fn read_kernel_boot(mut kernel_boot: Object, diag: &mut Diagnostics) -> Option<K
     };
     let mut kernel = None;
     let mut initrd = None;
+    let mut image = None;
     if let Some(mut container) = kernel_boot
         .required("container", diag)
         .and_then(|f| f.object(diag))
     {
-        ignore_image_fields(
-            &mut container,
-            "vmpod reads kernelPath and initrdPath inside its own pod: mount or bake the image's files there",
-            diag,
-        );
+        image = read_image_fields(&mut container, diag);
         kernel = container
             .required("kernelPath", diag)
             .and_then(|f| absolute_path(&f, diag));
@@ -310,6 +307,7 @@ fn read_kernel_boot(mut kernel_boot: Object, diag: &mut Diagnostics) -> Option<K
         kernel: kernel?,
         initrd,
         cmdline: cmdline?,
+        image,
     })
 }
 
@@ -333,11 +331,12 @@ fn read_cmdline(field: &Field, diag: &mut Diagnostics) -> Option<String> {
     Some(cmdline)
 }
 
-/// `image` and its pull settings: the pod pulls images, vmpod reads files.
-pub fn ignore_image_fields(object: &mut Object, image_reason: &str, diag: &mut Diagnostics) {
-    object.ignore("image", image_reason, diag);
+/// `image` (kept: `vmpod render --pod` mounts it, and `launch` finds the
+/// files in that mount) and its pull settings, which are the pod's business.
+pub fn read_image_fields(object: &mut Object, diag: &mut Diagnostics) -> Option<String> {
     object.ignore("imagePullPolicy", "images are pulled by the pod", diag);
     object.ignore("imagePullSecret", "images are pulled by the pod", diag);
+    object.field("image").and_then(|field| field.string(diag))
 }
 
 /// A path inside the pod; relative paths would depend on the working directory.

@@ -245,6 +245,22 @@ fn disks_join_volumes_by_name() {
 }
 
 #[test]
+fn volumes_no_disk_names_get_a_disk_each_after_the_listed_ones() {
+    let text = MINIMAL.to_owned()
+        + "    devices:
+      disks: [{name: data}]
+  volumes:
+  - {name: seed, cloudInitNoCloud: {userData: x}}
+  - {name: data, emptyDisk: {capacity: 1Gi}}
+  - {name: shared, persistentVolumeClaim: {claimName: c, readOnly: true}}
+";
+    let config = config(&text);
+    let names: Vec<_> = config.disks.iter().map(|d| d.name.as_str()).collect();
+    assert_eq!(names, ["data", "seed", "shared"]);
+    assert!(config.disks[2].readonly && config.disks[2].boot_order.is_none());
+}
+
+#[test]
 fn a_config_drive_carries_user_and_network_data() {
     let text = MINIMAL.to_owned()
         + r##"    devices:
@@ -277,7 +293,6 @@ fn unmatched_disks_volumes_interfaces_and_networks_are_named() {
         problems(&text),
         [
             "spec.domain.devices.disks[0].name: no volume named \"a\" in volumes",
-            "spec.volumes[0].name: volume \"b\" is not used by any disk in domain.devices.disks",
             "spec.networks[0].name: network \"wan\" has no interface in domain.devices.interfaces",
             "spec.domain.devices.interfaces[0].name: no network named \"lan\" in networks",
         ]

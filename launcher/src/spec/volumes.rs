@@ -9,7 +9,7 @@ use std::collections::BTreeSet;
 use super::config::{Disk, DiskSource};
 use super::devices::{check_unique, read_name, DiskRef};
 use super::doc::{join, quote, Diagnostics, Field, Object};
-use super::domain::{absolute_path, ignore_image_fields};
+use super::domain::{absolute_path, read_image_fields};
 
 /// Where a persistentVolumeClaim volume must be mounted in the pod.
 pub const PVC_MOUNT_ROOT: &str = "/vm/volumes";
@@ -130,17 +130,13 @@ fn read_volume(field: &Field, diag: &mut Diagnostics) -> Option<Volume> {
 }
 
 fn read_container_disk(mut object: Object, diag: &mut Diagnostics) -> Option<DiskSource> {
-    ignore_image_fields(
-        &mut object,
-        "vmpod reads the disk at `path` inside its own pod: mount or bake the image's disk there",
-        diag,
-    );
+    let image = read_image_fields(&mut object, diag);
     let path = match object.field("path") {
         Some(f) => absolute_path(&f, diag),
         None => Some(CONTAINER_DISK_DEFAULT.into()),
     };
     object.finish(diag);
-    Some(DiskSource::ContainerDisk { path: path? })
+    Some(DiskSource::ContainerDisk { path: path?, image })
 }
 
 fn read_host_disk(mut object: Object, diag: &mut Diagnostics) -> Option<DiskSource> {
@@ -277,15 +273,17 @@ pub fn attach_volumes(
             boot_order: disk.boot_order,
         });
     }
+    // As KubeVirt's admission webhook does: a volume no disk names gets a
+    // virtio disk of its own, after the listed ones.
     for (volume, used) in volumes.iter().zip(used) {
-        if !used {
-            diag.problem(
-                &join(&volume.path, "name"),
-                format!(
-                    "volume {} is not used by any disk in domain.devices.disks",
-                    quote(&volume.name)
-                ),
-            );
+        if let (false, Some(source)) = (used, &volume.source) {
+            attached.push(Disk {
+                name: volume.name.clone(),
+                readonly: volume.readonly,
+                source: source.clone(),
+                serial: None,
+                boot_order: None,
+            });
         }
     }
     let mut orders = BTreeSet::new();

@@ -138,7 +138,7 @@ pub fn open(disk: &Disk, scratch: &Path, identity: &Identity) -> Result<OpenedDi
                 })?;
             file(path, true)? // read-only, as KubeVirt attaches it
         }
-        DiskSource::ContainerDisk { path } => {
+        DiskSource::ContainerDisk { path, .. } => {
             let base = container_disk_file(&disk.name, path)?;
             if disk.readonly {
                 let (image, _) = images::open_base(&base).map_err(image_error(false))?;
@@ -182,7 +182,7 @@ pub fn open_for_inspection(disk: &Disk) -> Option<Result<Box<dyn DiskImage>, Dis
         source,
     };
     let opened = match &disk.source {
-        DiskSource::ContainerDisk { path } if path.exists() => {
+        DiskSource::ContainerDisk { path, .. } if path.exists() => {
             container_disk_file(&disk.name, path).and_then(|file| {
                 images::open_base(&file)
                     .map(|(image, _)| image)
@@ -379,7 +379,7 @@ mod tests {
         let image_dir = dir.join("disk");
         std::fs::create_dir(&image_dir).expect("mkdir");
         std::fs::write(image_dir.join("root.img"), vec![7u8; 8192]).expect("image");
-        let container = |path: PathBuf| DiskSource::ContainerDisk { path };
+        let container = |path: PathBuf| DiskSource::ContainerDisk { path, image: None };
         let scratch_dir = dir.join("scratch");
         let mut opened = open(
             &disk("root", container(image_dir.clone()), false),
