@@ -201,6 +201,89 @@ pub fn render(file: &Path, name: Option<&str>, format: Format) -> ExitCode {
     }
 }
 
+/// `vmpod render --pod`: the manifests that run the file's VM with vmpod,
+/// as YAML documents or a JSON List.
+pub fn render_pod(
+    file: &Path,
+    name: Option<&str>,
+    format: Format,
+    options: &vmpod::pod::render::PodOptions,
+) -> ExitCode {
+    let valid = match load_one(file, name) {
+        Ok(valid) => valid,
+        Err(code) => return code,
+    };
+    let definition = match std::fs::read_to_string(file) {
+        Ok(text) => text,
+        Err(error) => {
+            eprintln!("vmpod: error: cannot read {}: {error}", file.display());
+            return ExitCode::FAILURE;
+        }
+    };
+    let documents = vmpod::pod::render::render(&valid.config, &definition, options);
+    let text = match format {
+        Format::Yaml => documents
+            .iter()
+            .map(serde_norway::to_string)
+            .collect::<Result<Vec<_>, _>>()
+            .map(|texts| {
+                texts
+                    .iter()
+                    .map(|text| format!("{}\n", text.trim_end()))
+                    .collect::<Vec<_>>()
+                    .join("---\n")
+            })
+            .map_err(|e| e.to_string()),
+        Format::Json => serde_json::to_string_pretty(&serde_json::json!({
+            "apiVersion": "v1", "kind": "List", "items": documents,
+        }))
+        .map(|json| json + "\n")
+        .map_err(|e| e.to_string()),
+    };
+    match text {
+        Ok(text) => {
+            print!("{text}");
+            ExitCode::SUCCESS
+        }
+        Err(error) => {
+            eprintln!("vmpod: error: cannot print the manifests: {error}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `vmpod stage-tools DIR` (an init container of `render --pod --copy-images`).
+pub fn stage_tools(dir: &Path) -> ExitCode {
+    match vmpod::pod::copy::stage_tools(dir) {
+        Ok(written) => {
+            for path in written {
+                println!("staged {}", path.display());
+            }
+            ExitCode::SUCCESS
+        }
+        Err(error) => {
+            eprintln!("vmpod: error: stage-tools: {error}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `vmpod copy-files DEST PATH…` (an init container of `render --pod --copy-images`).
+pub fn copy_files(destination: &Path, paths: &[std::path::PathBuf]) -> ExitCode {
+    match vmpod::pod::copy::copy_files(destination, paths) {
+        Ok(copied) => {
+            for (path, bytes) in copied {
+                println!("copied {} ({bytes} bytes)", path.display());
+            }
+            ExitCode::SUCCESS
+        }
+        Err(error) => {
+            eprintln!("vmpod: error: copy-files: {error}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
 /// `vmpod launch`: a definition file is read here when no cluster is
 /// configured; everything that needs the cluster goes through the
 /// `vmpod-cluster` helper (`args` are the definition options for it).

@@ -63,6 +63,8 @@ pub struct LaunchOptions {
     pub scratch_dir: std::path::PathBuf,
     /// The `launch.d` hooks run before boot (`/etc/vmpod/launch.d`).
     pub hook_dir: std::path::PathBuf,
+    /// Where the pod mounts the images the definition names (`/vm/images`).
+    pub images_dir: std::path::PathBuf,
 }
 
 /// Where emptyDisks go by default.
@@ -101,6 +103,14 @@ fn run_reporting(
     let kvm = host::open_kvm()?;
     host::warn_if_pvm();
     let run_dir = RunDir::create(&options.run_dir)?;
+    let mounted = crate::pod::in_image_mounts(config, &options.images_dir, |path| path.is_dir());
+    let config = match &mounted {
+        Some((located, notes)) => {
+            notes.iter().for_each(|note| log::info!("{note}"));
+            located
+        }
+        None => config,
+    };
     let hooks = crate::hooks::Hooks {
         dir: &options.hook_dir,
         run_dir: &options.run_dir,

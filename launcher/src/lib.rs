@@ -17,6 +17,7 @@ pub mod hooks;
 pub mod images;
 pub mod launch;
 pub mod logging;
+pub mod pod;
 pub mod signals;
 pub mod source;
 pub mod spec;

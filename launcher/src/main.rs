@@ -88,6 +88,10 @@ enum Command {
         /// a failing one stops the launch
         #[arg(long, env = "VMPOD_LAUNCH_DIR", default_value = vmpod::hooks::DEFAULT_HOOK_DIR, value_name = "DIR")]
         launch_dir: PathBuf,
+        /// Where the pod mounts the images the definition names: a
+        /// containerDisk's at DIR/<volume>, kernelBoot's at DIR/kernelBoot
+        #[arg(long, env = "VMPOD_IMAGES_DIR", default_value = vmpod::pod::DEFAULT_IMAGES_DIR, value_name = "DIR")]
+        images_dir: PathBuf,
     },
     /// Check VM definitions and print every problem with its YAML path
     Validate {
@@ -99,7 +103,17 @@ enum Command {
         #[arg(long, short = 'q')]
         quiet: bool,
     },
-    /// Print the VM configuration a definition resolves to
+    /// Print the VM configuration a definition resolves to, or with --pod
+    /// the Pod that runs the VM with vmpod
+    ///
+    /// --pod prints a ConfigMap holding FILE and a Pod (or, with
+    /// --deployment N, a Deployment) that runs its VM: /dev/kvm from the
+    /// node, the definition, each image the definition names as an image
+    /// volume (Kubernetes 1.35+; --copy-images copies them with init
+    /// containers instead), the /vm/ready readiness probe, a grace period
+    /// of the VM's plus 10 s, resources that fit the VM, and the sysctls
+    /// passt needs for the pod network.
+    #[command(verbatim_doc_comment)]
     Render {
         #[arg(value_name = "FILE")]
         file: PathBuf,
@@ -108,6 +122,37 @@ enum Command {
         name: Option<String>,
         #[arg(long, short = 'o', value_enum, default_value_t = Format::Yaml)]
         output: Format,
+        /// Print the Pod that runs the VM instead of its configuration
+        #[arg(long)]
+        pod: bool,
+        /// A Deployment of N replicas instead of a Pod (each VM gets its own identity)
+        #[arg(long, value_name = "N", requires = "pod")]
+        deployment: Option<u32>,
+        /// The vmpod image the pod runs
+        #[arg(long, value_name = "IMAGE", default_value = vmpod::pod::render::DEFAULT_IMAGE, requires = "pod")]
+        image: String,
+        /// Copy the definition's images with init containers (clusters
+        /// without image volumes, podman 4) instead of mounting them
+        #[arg(long, requires = "pod")]
+        copy_images: bool,
+        /// Read the definition from the cluster's VirtualMachine (service
+        /// account vmpod, manifests/rbac.yaml) instead of a ConfigMap
+        #[arg(long, requires = "pod")]
+        from_api: bool,
+    },
+    /// Put vmpod, its loader and libraries into DIR (render --pod --copy-images)
+    #[command(hide = true)]
+    StageTools {
+        #[arg(value_name = "DIR")]
+        dir: PathBuf,
+    },
+    /// Copy files of this container's image below DEST (render --pod --copy-images)
+    #[command(hide = true)]
+    CopyFiles {
+        #[arg(value_name = "DEST")]
+        destination: PathBuf,
+        #[arg(value_name = "PATH", required = true)]
+        paths: Vec<PathBuf>,
     },
     /// Show what vmpod finds on a disk image and would boot from it:
     /// partitions, file systems, boot entries, kernel, initrd and command line
@@ -194,6 +239,7 @@ fn main() -> ExitCode {
             stdout_buffer,
             scratch_dir,
             launch_dir,
+            images_dir,
         } => {
             let options = vmpod::launch::LaunchOptions {
                 run_dir,
@@ -202,6 +248,7 @@ fn main() -> ExitCode {
                 stdout_buffer,
                 scratch_dir,
                 hook_dir: launch_dir,
+                images_dir,
             };
             let vm = vm.or(name);
             let mut helper_args: Vec<OsString> = Vec::new();
@@ -221,7 +268,30 @@ fn main() -> ExitCode {
             cli::launch(vm.as_deref(), &from, &helper_args, &options)
         }
         Command::Validate { files, quiet } => cli::validate(&files, quiet),
-        Command::Render { file, name, output } => cli::render(&file, name.as_deref(), output),
+        Command::Render {
+            file,
+            name,
+            output,
+            pod,
+            deployment,
+            image,
+            copy_images,
+            from_api,
+        } => {
+            if pod {
+                let options = vmpod::pod::render::PodOptions {
+                    image,
+                    replicas: deployment,
+                    copy_images,
+                    from_api,
+                };
+                cli::render_pod(&file, name.as_deref(), output, &options)
+            } else {
+                cli::render(&file, name.as_deref(), output)
+            }
+        }
+        Command::StageTools { dir } => cli::stage_tools(&dir),
+        Command::CopyFiles { destination, paths } => cli::copy_files(&destination, &paths),
         Command::InspectDisk { image } => cli::inspect_disk(&image),
         Command::Serial { run_dir, escape } => {
             relay_result(vmpod::helpers::serial::attach(&run_dir, escape.0))
