@@ -25,14 +25,15 @@ pub fn report(error: &dyn std::error::Error) {
     let _ = std::io::stderr().lock().write_all(text.as_bytes());
 }
 
-/// Prints a definition's problems under a heading: `CONTEXT: 2 problems`.
+/// Prints a definition's problems: `CONTEXT: PROBLEM` when there is one,
+/// else under a heading `CONTEXT: 2 problems`.
 pub fn report_problems(context: &str, problems: &[impl std::fmt::Display]) {
-    let count = problems.len();
-    let mut text = format!(
-        "{context}: {count} problem{}\n",
-        if count == 1 { "" } else { "s" }
-    );
-    for problem in problems {
+    let mut text = match problems {
+        // One problem is one line (a pod's log says what to fix in one).
+        [only] => format!("{context}: {only}\n"),
+        many => format!("{context}: {} problems\n", many.len()),
+    };
+    for problem in problems.iter().filter(|_| problems.len() > 1) {
         text.push_str(&format!("  {problem}\n"));
     }
     let _ = std::io::stderr().lock().write_all(text.as_bytes());

@@ -9,6 +9,17 @@ use std::path::Path;
 pub const VM_LABEL: &str = "vmpod.io/vm";
 /// Where a downwardAPI volume puts the pod's labels by convention.
 pub const PODINFO_LABELS: &str = "/etc/podinfo/labels";
+/// Labels a pod template can pass in its environment (env
+/// `valueFrom.fieldRef.fieldPath: metadata.labels['…']`) where no
+/// downwardAPI volume gives them all, as under `podman kube play`: the
+/// ones that say a controller runs several pods of this VM.
+pub const LABEL_VARIABLES: &[(&str, &str)] = &[
+    ("POD_TEMPLATE_HASH", "pod-template-hash"),
+    ("STATEFULSET_POD_NAME", "statefulset.kubernetes.io/pod-name"),
+    ("POD_INDEX", "apps.kubernetes.io/pod-index"),
+    ("CONTROLLER_REVISION_HASH", "controller-revision-hash"),
+    ("POD_TEMPLATE_GENERATION", "pod-template-generation"),
+];
 const SERVICE_ACCOUNT_NAMESPACE: &str = "/var/run/secrets/kubernetes.io/serviceaccount/namespace";
 
 /// What the pod knows of itself.
@@ -32,15 +43,16 @@ impl Facts {
     pub fn gather() -> Facts {
         let env = |name: &str| std::env::var(name).ok().filter(|v| !v.trim().is_empty());
         let labels_file = env("VMPOD_PODINFO_LABELS").unwrap_or_else(|| PODINFO_LABELS.into());
-        let pod_labels = std::fs::read_to_string(&labels_file)
-            .ok()
-            .map(|text| parse_labels_file(&text));
+        let (pod_labels, labels_from) = match std::fs::read_to_string(&labels_file) {
+            Ok(text) => (Some(parse_labels_file(&text)), labels_file),
+            Err(_) => labels_from_variables(env),
+        };
         Facts {
             vm_name: env("VM_NAME"),
             pod_name: env("POD_NAME"),
             pod_namespace: env("POD_NAMESPACE"),
             pod_labels,
-            labels_from: labels_file,
+            labels_from,
             service_account_namespace: read_trimmed(Path::new(SERVICE_ACCOUNT_NAMESPACE)),
             hostname: read_trimmed(Path::new("/proc/sys/kernel/hostname")),
         }
@@ -51,6 +63,23 @@ impl Facts {
     pub fn pod(&self) -> Option<&str> {
         self.pod_name.as_deref().or(self.hostname.as_deref())
     }
+}
+
+/// The labels of [`LABEL_VARIABLES`] that are set (and not empty, which is
+/// what Kubernetes gives for a label the pod lacks), and where they came from.
+fn labels_from_variables(
+    env: impl Fn(&str) -> Option<String>,
+) -> (Option<BTreeMap<String, String>>, String) {
+    let mut names = Vec::new();
+    let mut labels = BTreeMap::new();
+    for (variable, label) in LABEL_VARIABLES {
+        if let Some(value) = env(variable) {
+            names.push(*variable);
+            labels.insert((*label).to_owned(), value);
+        }
+    }
+    let from = format!("the environment ({})", names.join(", "));
+    ((!labels.is_empty()).then_some(labels), from)
 }
 
 fn read_trimmed(path: &Path) -> Option<String> {
@@ -215,6 +244,24 @@ mod tests {
         assert_eq!(labels["vmpod.io/vm"], "demo");
         assert_eq!(labels["note"], "a \"quoted\" word");
         assert_eq!(replica_controller(&labels), Some("ReplicaSet"));
+    }
+
+    #[test]
+    fn labels_from_the_environment_where_no_labels_file_exists() {
+        let env = |name: &str| match name {
+            "STATEFULSET_POD_NAME" => Some("web-1".to_owned()),
+            "CONTROLLER_REVISION_HASH" => Some("web-5d8".to_owned()),
+            _ => None,
+        };
+        let (labels, from) = labels_from_variables(env);
+        let labels = labels.unwrap();
+        assert_eq!(labels["statefulset.kubernetes.io/pod-name"], "web-1");
+        assert_eq!(replica_controller(&labels), Some("StatefulSet"));
+        assert_eq!(
+            from,
+            "the environment (STATEFULSET_POD_NAME, CONTROLLER_REVISION_HASH)"
+        );
+        assert_eq!(labels_from_variables(|_| None).0, None);
     }
 
     #[test]

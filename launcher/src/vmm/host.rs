@@ -24,8 +24,12 @@ const KVM_API_VERSION: i32 = 12;
 pub enum HostError {
     #[error("/dev/kvm does not exist: this node has no KVM, or the pod does not pass the device in. In a pod, mount /dev/kvm with a hostPath volume of type CharDevice (see manifests/), on a node with hardware virtualisation")]
     KvmMissing,
-    #[error("permission denied on /dev/kvm: run vmpod as a user in the device's group (often `kvm`) or give the container access to the device")]
-    KvmDenied,
+    #[error("permission denied on /dev/kvm ({device}; vmpod runs as uid {uid}, groups {groups}): in a pod, add the device's group to securityContext.supplementalGroups, make /dev/kvm 0666 on the node (as systemd's udev rule does), or run as root; elsewhere, run vmpod as a user in the device's group (often `kvm`)")]
+    KvmDenied {
+        device: String,
+        uid: u32,
+        groups: String,
+    },
     #[error("cannot open /dev/kvm")]
     KvmOpen(#[source] kvm_ioctls::Error),
     #[error("/dev/kvm speaks KVM API version {0}, vmpod needs version 12")]
@@ -58,12 +62,47 @@ fn format_cpus(cpus: f64) -> String {
 pub fn open_kvm() -> Result<Kvm, HostError> {
     let kvm = Kvm::new_with_path(KVM_PATH).map_err(|error| match error.errno() {
         libc::ENOENT => HostError::KvmMissing,
-        libc::EACCES | libc::EPERM => HostError::KvmDenied,
+        libc::EACCES | libc::EPERM => kvm_denied(),
         _ => HostError::KvmOpen(error),
     })?;
     match kvm.get_api_version() {
         KVM_API_VERSION => Ok(kvm),
         other => Err(HostError::KvmApiVersion(other)),
+    }
+}
+
+/// Who vmpod is and what /dev/kvm allows, for the error that names them.
+fn kvm_denied() -> HostError {
+    use std::ffi::OsStr;
+    use std::os::unix::ffi::OsStrExt;
+    use std::os::unix::fs::MetadataExt;
+    let device = match std::fs::metadata(OsStr::from_bytes(KVM_PATH.to_bytes())) {
+        Ok(meta) => format!(
+            "mode {:04o}, owner {}:{}",
+            meta.mode() & 0o7777,
+            meta.uid(),
+            meta.gid()
+        ),
+        Err(error) => format!("cannot stat it: {error}"),
+    };
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|line| line.strip_prefix(name))
+            .map(|rest| rest.split_whitespace().collect::<Vec<_>>())
+            .unwrap_or_default()
+    };
+    let uid = field("Uid:")
+        .first()
+        .and_then(|uid| uid.parse().ok())
+        .unwrap_or(u32::MAX);
+    let mut groups = field("Gid:").into_iter().take(1).collect::<Vec<_>>();
+    groups.extend(field("Groups:"));
+    HostError::KvmDenied {
+        device,
+        uid,
+        groups: groups.join(","),
     }
 }
 

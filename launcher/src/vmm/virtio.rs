@@ -211,6 +211,7 @@ pub(super) fn add_devices(
             );
         }
         let mac = network::parse_mac(&nic.name, &nic.mac)?;
+        log::info!("NIC {}: virtio-net, MAC {}", nic.name, nic.mac);
         let network::Started { backend, connect } =
             network::start(nic, forwards_all == Some(index))?;
         let net =
