@@ -8,6 +8,8 @@
 .include "lib.S"
 
 .set SERIAL_VECTOR, 0x24
+.set GED_EVENTS, 0xfeb00000
+.set GED_VECTOR, 0x25
 
 .section .text.entry
 .global _start
@@ -21,6 +23,14 @@ _start:
     mov $4, %eax                /* COM1 is IOAPIC pin 4 */
     mov $SERIAL_VECTOR, %ebx
     call route_irq
+.ifdef POWER_BUTTON
+    mov $GED_VECTOR, %eax       /* the GED (power button) is IOAPIC pin 5 */
+    mov $ged_interrupt, %ebx
+    call set_gate
+    mov $5, %eax
+    mov $GED_VECTOR, %ebx
+    call route_irq
+.endif
     mov $0x3f9, %dx             /* IER: received-data interrupt */
     mov $1, %al
     out %al, %dx
@@ -60,6 +70,20 @@ serial_interrupt:
     call puts
     jmp acpi_poweroff
 
+.ifdef POWER_BUTTON
+ged_interrupt:
+    movl $0, LAPIC_EOI
+    mov GED_EVENTS, %eax        /* read-to-clear event bits */
+    test $1, %eax
+    jz idle
+    mov $pressed, %esi
+    call puts
+    jmp acpi_poweroff
+.endif
+
 .section .rodata
 banner: .asciz "vmpod echo guest: type and it echoes, Ctrl-D powers off\n"
 goodbye: .asciz "\necho guest: powering off\n"
+.ifdef POWER_BUTTON
+pressed: .asciz "\necho guest: power button pressed, powering off\n"
+.endif

@@ -45,3 +45,23 @@ ensure_rust() {
         rustup target add x86_64-unknown-none
     fi
 }
+
+# ensure_podman: podman as root, configured as this kind of host needs it
+# (runc; no default ulimits, which a container host may not allow raising),
+# and /dev/kvm open to the non-root user (uid 107) vmpod's pods run as.
+ensure_podman() {
+    ensure_packages podman runc
+    local conf=/etc/containers/containers.conf.d/50-vmpod.conf
+    if [ ! -f "$conf" ]; then
+        say "configuring podman: $conf (runtime runc, no default ulimits)"
+        as_root mkdir -p "$(dirname "$conf")"
+        printf '# Written by vmpod'"'"'s scripts/common.sh (ensure_podman).\n[containers]\ndefault_ulimits = []\n\n[engine]\nruntime = "runc"\n' \
+            | as_root tee "$conf" >/dev/null
+    fi
+    # Most distributions' udev (systemd's default rule) make /dev/kvm 0666;
+    # where it is 0600, pods running as uid 107 cannot open it.
+    if [ -c /dev/kvm ] && [ "$(( 0$(stat -c %a /dev/kvm) & 06 ))" -ne 6 ]; then
+        say "making /dev/kvm 0666, as systemd's udev rule does, so pods running as uid 107 can use it"
+        as_root chmod 0666 /dev/kvm
+    fi
+}
