@@ -8,8 +8,6 @@
 .include "lib.S"
 
 .set SERIAL_VECTOR, 0x24
-.set GED_EVENTS, 0xfeb00000
-.set GED_VECTOR, 0x25
 
 .section .text.entry
 .global _start
@@ -71,14 +69,7 @@ serial_interrupt:
     jmp acpi_poweroff
 
 .ifdef POWER_BUTTON
-ged_interrupt:
-    movl $0, LAPIC_EOI
-    mov GED_EVENTS, %eax        /* read-to-clear event bits */
-    test $1, %eax
-    jz idle
-    mov $pressed, %esi
-    call puts
-    jmp acpi_poweroff
+    POWER_BUTTON_HANDLER pressed
 .endif
 
 .section .rodata

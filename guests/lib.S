@@ -59,6 +59,23 @@ gdt_pointer:
 .code32
 
 /* Common entry work: own GDT and stack, remember start_info. */
+/* POWER_BUTTON_HANDLER MESSAGE: defines ged_interrupt, which on the ACPI
+ * power button (vmpod's Generic Event Device: event register at
+ * 0xfeb00000, bit 0) prints MESSAGE and powers off, else returns to the
+ * guest's idle loop. Route IOAPIC pin 5 to it. */
+.set GED_EVENTS, 0xfeb00000
+.set GED_VECTOR, 0x25
+.macro POWER_BUTTON_HANDLER message
+ged_interrupt:
+    movl $0, LAPIC_EOI
+    mov GED_EVENTS, %eax        /* read-to-clear event bits */
+    test $1, %eax
+    jz idle
+    mov $\message, %esi
+    call puts
+    jmp acpi_poweroff
+.endm
+
 .macro GUEST_ENTRY
     cli
     lgdt gdt_pointer

@@ -4,8 +4,6 @@
  * guest, its handler returns to the idle loop without iret (PVM). */
 .include "lib.S"
 
-.set GED_EVENTS, 0xfeb00000
-.set GED_VECTOR, 0x25
 
 .section .text.entry
 .global _start
@@ -27,14 +25,7 @@ idle:
     hlt
     jmp idle
 
-ged_interrupt:
-    movl $0, LAPIC_EOI
-    mov GED_EVENTS, %eax        /* read-to-clear event bits */
-    test $1, %eax
-    jz idle
-    mov $pressed, %esi
-    call puts
-    jmp acpi_poweroff
+    POWER_BUTTON_HANDLER pressed
 
 .section .rodata
 waiting: .asciz "powerbutton guest: waiting for the power button\n"

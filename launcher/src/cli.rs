@@ -189,13 +189,18 @@ pub fn render(file: &Path, name: Option<&str>, format: Format) -> ExitCode {
             .map(|json| json + "\n")
             .map_err(|e| e.to_string()),
     };
+    print_or_report(text, "the configuration")
+}
+
+/// Prints what `render` made, or why it could not.
+fn print_or_report(text: Result<String, String>, what: &str) -> ExitCode {
     match text {
         Ok(text) => {
             print!("{text}");
             ExitCode::SUCCESS
         }
         Err(error) => {
-            eprintln!("vmpod: error: cannot print the configuration: {error}");
+            eprintln!("vmpod: error: cannot print {what}: {error}");
             ExitCode::FAILURE
         }
     }
@@ -240,16 +245,7 @@ pub fn render_pod(
         .map(|json| json + "\n")
         .map_err(|e| e.to_string()),
     };
-    match text {
-        Ok(text) => {
-            print!("{text}");
-            ExitCode::SUCCESS
-        }
-        Err(error) => {
-            eprintln!("vmpod: error: cannot print the manifests: {error}");
-            ExitCode::FAILURE
-        }
-    }
+    print_or_report(text, "the manifests")
 }
 
 /// `vmpod stage-tools DIR` (an init container of `render --pod --copy-images`).
