@@ -11,7 +11,7 @@ source "$(dirname "$0")/../scripts/common.sh"
 tag="${1:-localhost/vmpod:latest}"
 demo_tag="${2:-localhost/vmpod-demo:latest}"
 ensure_podman
-ensure_packages passt ca-certificates binutils
+ensure_packages passt ca-certificates binutils busybox-static
 cargo build --release --locked --quiet --manifest-path "$REPO_ROOT/Cargo.toml"
 
 stage="$CARGO_TARGET_DIR/image"
@@ -30,6 +30,15 @@ for binary in "${binaries[@]}"; do
         cp -L "$library" "$stage/root$library"
     done
 done
+# A shell and the usual tools (busybox, static): for launch.d hooks, which
+# are mostly scripts, and for kubectl exec -it POD -- sh. The example hooks
+# are there to copy, not run: /etc/vmpod/launch.d is the pod's to fill.
+mkdir -p "$stage/root/bin" "$stage/root/usr/share/vmpod"
+cp /bin/busybox "$stage/root/bin/busybox"
+for applet in $(/bin/busybox --list); do
+    [ -e "$stage/root/bin/$applet" ] || ln -s busybox "$stage/root/bin/$applet"
+done
+cp -r "$REPO_ROOT/launch.d" "$stage/root/usr/share/vmpod/launch.d"
 # kubectl exec POD -- /vm/serial (and the others) are vmpod under another name.
 for helper in serial qmp monitor vnc ready; do
     ln -s /usr/bin/vmpod "$stage/root/vm/$helper"

@@ -107,6 +107,9 @@ def test_the_image_is_small_runs_as_uid_107_and_has_the_helpers(images):
     assert podman("image", "inspect", "--format", "{{.Config.User}}", IMAGE).stdout.strip() == "107:107"
     version = podman("run", "--rm", IMAGE, "--version")
     assert version.returncode == 0 and version.stdout.startswith("vmpod "), version.stderr
+    # A shell for hooks and for kubectl exec -it POD -- sh.
+    shell = podman("run", "--rm", "--entrypoint", "/bin/sh", IMAGE, "-c", "id -u; echo \"$PATH\"")
+    assert shell.stdout.split() == ["107", "/usr/bin:/bin:/vm"], shell.stdout + shell.stderr
     passt = podman("run", "--rm", "--entrypoint", "/usr/bin/passt", IMAGE, "--version")
     assert "passt" in passt.stdout + passt.stderr
     # Each /vm helper is vmpod under another name: /vm/ready says the VM is not up.
@@ -298,3 +301,17 @@ def test_render_pod_copies_a_containerdisk_in_init_containers_and_vmpod_boots_it
     assert "using /vm/images/root/disk" in log, log
     # The image stays read-only; the guest writes to an overlay.
     assert "guest writes go to /vm/scratch/root.overlay.qcow2" in log, log
+
+
+def test_launch_d_hooks_run_in_the_image_before_boot(play):
+    # The example hooks the image carries, run from there: a ConfigMap of
+    # hooks needs defaultMode 0755, which podman 4 ignores (Kubernetes
+    # honours it), and must not be mounted below the definition's
+    # read-only /etc/vmpod, hence VMPOD_LAUNCH_DIR.
+    configmap, pod = manifest("pod.yaml")
+    pod["spec"]["containers"][0]["env"].append({"name": "VMPOD_LAUNCH_DIR", "value": "/usr/share/vmpod/launch.d"})
+    play([configmap, pod])
+    log = wait_for_log("demo-tiny-vm", BANNER)
+    assert "launch.d/10-describe-vm: VM default/demo-tiny (uuid " in log, log
+    assert "1 vCPUs, 16 MiB, boots from its kernel" in log, log
+    assert "launch.d/50-require-scratch-space: scratch directory /vm/scratch: " in log, log
