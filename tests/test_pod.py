@@ -156,8 +156,9 @@ def test_stopping_the_pod_powers_the_guest_off_within_its_grace_period(play):
 
 
 def replica_pod(template, name, labels):
-    """A pod as a controller makes it from its template (podman kube play
-    runs one replica of a Deployment and no StatefulSet)."""
+    """A pod as a controller makes it from its template, labels and all
+    (podman kube play names a Deployment's pods NAME-pod-N without the
+    labels a ReplicaSet adds, and runs no StatefulSet)."""
     pod = {"apiVersion": "v1", "kind": "Pod",
            "metadata": {"name": name, "labels": {**template["metadata"]["labels"], **labels}},
            "spec": copy.deepcopy(template["spec"])}
