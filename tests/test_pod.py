@@ -49,6 +49,11 @@ def play(images, tmp_path):
     played = []
 
     def run(documents, *options):
+        # A pod of the same name left running (by ./scripts/demo) would
+        # make the play fail.
+        for document in documents:
+            if document["kind"] == "Pod":
+                podman("pod", "rm", "--force", "--ignore", document["metadata"]["name"])
         path = tmp_path / f"play-{len(played)}.yaml"
         path.write_text(yaml.safe_dump_all(documents, sort_keys=False))
         played.append(path)
