@@ -49,7 +49,7 @@ cp /etc/ssl/certs/ca-certificates.crt "$stage/root/etc/ssl/certs/"
 # passt drops root to nobody; 107 is KubeVirt's qemu user.
 printf 'root:x:0:0:root:/root:/usr/bin/vmpod\nqemu:x:107:107:vmpod:/vm:/usr/bin/vmpod\nnobody:x:65534:65534:nobody:/nonexistent:/usr/bin/vmpod\n' \
     > "$stage/root/etc/passwd"
-printf 'root:x:0:\nkvm:x:108:qemu\nqemu:x:107:\nnogroup:x:65534:\n' > "$stage/root/etc/group"
+printf 'root:x:0:\nqemu:x:107:\nnogroup:x:65534:\n' > "$stage/root/etc/group"
 cp "$REPO_ROOT/images/Containerfile" "$stage/Containerfile"
 
 
