@@ -10,16 +10,15 @@ use serde_json::{json, Value};
 use super::{DEFAULT_IMAGES_DIR, KERNEL_BOOT_MOUNT};
 use crate::source::whoami::VM_LABEL;
 use crate::spec::config::{Boot, DiskSource, NicBinding, RunStrategy, VmConfig};
+use crate::vmm::host;
 
 /// The image `render --pod` puts in the pod unless told otherwise.
 pub const DEFAULT_IMAGE: &str = "localhost/vmpod:latest";
 /// The pod's grace period beyond the VM's: time for vmpod to stop.
 const GRACE_MARGIN_SECONDS: u64 = 10;
-/// What the pod needs beyond guest memory: vmpod itself (16 MiB is what
-/// `launch` checks), device buffers and page cache headroom.
-const POD_OVERHEAD_BYTES: u64 = 32 << 20;
-/// The status helper (`vmpod-cluster`) when the definition is read from the API.
-const STATUS_HELPER_BYTES: u64 = 8 << 20;
+/// Room beyond what `launch` checks (vmpod's own overhead and, with the
+/// API, its status helper): device buffers and page cache.
+const HEADROOM_BYTES: u64 = 16 << 20;
 /// One passt process per NIC.
 const PASST_BYTES: u64 = 8 << 20;
 /// Where the copy init containers put vmpod, to run it in an image that
@@ -81,8 +80,17 @@ fn image_mounts(config: &VmConfig) -> Vec<ImageMount> {
 /// what vmpod, its helper and passt need, in whole MiB.
 fn memory_limit(config: &VmConfig, from_api: bool) -> String {
     let needed = config.memory_limit_bytes.unwrap_or_else(|| {
-        let helper = if from_api { STATUS_HELPER_BYTES } else { 0 };
-        config.memory_bytes + POD_OVERHEAD_BYTES + helper + PASST_BYTES * config.nics.len() as u64
+        // The same figures `launch` checks the limit against.
+        let helper = if from_api {
+            host::STATUS_HELPER_BYTES
+        } else {
+            0
+        };
+        config.memory_bytes
+            + host::VMM_OVERHEAD_BYTES
+            + HEADROOM_BYTES
+            + helper
+            + PASST_BYTES * config.nics.len() as u64
     });
     format!("{}Mi", needed.div_ceil(1 << 20))
 }
