@@ -196,9 +196,15 @@ def test_two_replicas_of_a_deployment_get_their_own_names_uuids_and_macs(play):
     template = deployment["spec"]["template"]
     pods = [replica_pod(template, f"demo-tiny-5d9c7b6f4-{suffix}", {"pod-template-hash": "5d9c7b6f4"})
             for suffix in ("x2k4q", "m7wzp")]
-    play([with_pod_network(configmap), *pods])
-    first = identity("demo-tiny-5d9c7b6f4-x2k4q-vm")
-    second = identity("demo-tiny-5d9c7b6f4-m7wzp-vm")
+    # One play per replica, each after the previous VM has read its
+    # definition: podman 4 rewrites a ConfigMap's volume in place for every
+    # pod of a play, so a replica starting meanwhile could read it half
+    # written (the kubelet swaps a ConfigMap's files atomically).
+    seen = []
+    for pod in pods:
+        play([with_pod_network(configmap), pod])
+        seen.append(identity(pod["metadata"]["name"] + "-vm"))
+    first, second = seen
     assert first[0] == "demo-tiny-5d9c7b6f4-x2k4q" and second[0] == "demo-tiny-5d9c7b6f4-m7wzp"
     assert first[1] != second[1]
     assert len(first[2]) == 1 and len(second[2]) == 1 and first[2] != second[2], (first, second)
