@@ -37,6 +37,25 @@ fn a_missing_kernel_is_named() {
 }
 
 #[test]
+fn an_empty_definition_file_is_called_empty() {
+    // What a pod sees when its ConfigMap has an empty key, or a runtime
+    // (podman 4) is rewriting the ConfigMap's file in place.
+    let scratch = Scratch::new("empty-definition");
+    let definition = scratch.0.join("vm.yaml");
+    std::fs::write(&definition, "").expect("write");
+    let run = launch(&definition).finish(WATCHDOG);
+    assert_eq!(run.code, Some(2), "{}", run.stderr);
+    assert!(
+        run.stderr.contains(&format!(
+            "vmpod: error: {}: no VirtualMachine or VirtualMachineInstance (it is empty)",
+            definition.display()
+        )),
+        "{}",
+        run.stderr
+    );
+}
+
+#[test]
 #[cfg_attr(not(vmpod_kvm), ignore = "needs a usable /dev/kvm")]
 fn a_file_that_is_not_a_kernel_is_named() {
     let scratch = Scratch::new("not-a-kernel");

@@ -334,6 +334,7 @@ fn pick(
     facts: &whoami::Facts,
     place: &str,
 ) -> Result<(Valid, String), SourceError> {
+    let empty = documents.is_empty();
     let definitions: Vec<Definition> = documents
         .into_iter()
         .filter_map(|document| match document {
@@ -363,8 +364,9 @@ fn pick(
     match matching.len() {
         1 => {}
         0 if count == 0 => {
+            let why = if empty { " (it is empty)" } else { "" };
             return Err(SourceError::NotFound(format!(
-                "{place}: no VirtualMachine or VirtualMachineInstance"
+                "{place}: no VirtualMachine or VirtualMachineInstance{why}"
             )))
         }
         0 => {
