@@ -206,6 +206,7 @@ fn run_reporting(
             scratch_dir: options.scratch_dir.clone(),
             block_devices,
             termination_signals,
+            display: None,
         },
     );
     control.stop();
@@ -221,9 +222,6 @@ fn warn_about_unbuilt_devices(config: &VmConfig) {
     let mut missing: Vec<String> = Vec::new();
     if !config.inputs.is_empty() {
         missing.push("input devices".into());
-    }
-    if config.graphics {
-        missing.push("the graphics device".into());
     }
     if !missing.is_empty() {
         log::warn!(

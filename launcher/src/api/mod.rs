@@ -7,6 +7,7 @@
 //! `helpers` can all depend on it without depending on each other. Any
 //! thread may use it.
 
+pub mod display;
 pub mod keys;
 
 use std::os::fd::{AsRawFd, RawFd};
@@ -44,6 +45,9 @@ pub enum Command {
     ForcedStop(u32),
     /// Keys pressed and released, in order, on the VM's keyboard.
     Keys(Vec<KeyEvent>),
+    /// The pointer moved or its buttons changed (a VNC viewer, QMP
+    /// `input-send-event`).
+    Pointer(display::PointerEvent),
     /// The guest powered off (ACPI S5).
     GuestPoweroff,
     /// The guest reset itself; the reason is for the log.

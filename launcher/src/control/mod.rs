@@ -11,6 +11,7 @@ pub mod qmp;
 pub mod qmp_commands;
 pub mod rundir;
 pub mod serial;
+pub mod vnc;
 
 use std::io::ErrorKind;
 use std::os::fd::AsRawFd;

@@ -25,6 +25,11 @@ impl Outbox {
         self.pending.extend(bytes);
     }
 
+    /// Bytes queued and not yet written.
+    pub fn pending(&self) -> usize {
+        self.pending.len()
+    }
+
     /// Whether the client is so far behind that it should be dropped.
     pub fn overflowing(&self) -> bool {
         self.pending.len() > self.limit

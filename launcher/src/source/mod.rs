@@ -367,7 +367,7 @@ fn pick(
             let why = if empty { " (it is empty)" } else { "" };
             return Err(SourceError::NotFound(format!(
                 "{place}: no VirtualMachine or VirtualMachineInstance{why}"
-            )))
+            )));
         }
         0 => {
             return Err(SourceError::NotFound(format!(

@@ -30,8 +30,10 @@ pub struct VmConfig {
     pub rng: bool,
     #[serde(default)]
     pub inputs: Vec<Input>,
-    /// A framebuffer and VNC display (KubeVirt's autoattachGraphicsDevice).
-    pub graphics: bool,
+    /// A framebuffer and VNC display (KubeVirt's autoattachGraphicsDevice),
+    /// its size from the annotation `vmpod.io/display-size`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub display: Option<Display>,
     /// A serial console (KubeVirt's autoattachSerialConsole).
     pub serial_console: bool,
     /// `vmpod.io/*` annotations that tune vmpod itself.
@@ -206,11 +208,80 @@ impl VmConfig {
                 message: format!("{} is not a positive multiple of 4 KiB", self.memory_bytes),
             });
         }
+        if let Some(display) = self.display {
+            if let Err(message) = display.check() {
+                problems.push(ConfigProblem {
+                    path: "display",
+                    message,
+                });
+            }
+        }
         if problems.is_empty() {
             Ok(())
         } else {
             Err(problems)
         }
+    }
+}
+
+/// The VM's screen: width and height in pixels of a 32-bit framebuffer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Display {
+    pub width: u32,
+    pub height: u32,
+}
+
+impl Display {
+    /// The size unless the definition names another.
+    pub const DEFAULT: Display = Display {
+        width: 1024,
+        height: 768,
+    };
+    /// The sizes vmpod offers, up to 4K UHD (32 MiB of pixels).
+    pub const MIN: Display = Display {
+        width: 320,
+        height: 200,
+    };
+    pub const MAX: Display = Display {
+        width: 3840,
+        height: 2160,
+    };
+
+    /// Reads `WIDTHxHEIGHT` (the annotation's value).
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let shape = || {
+            format!(
+                "{text:?} is not a display size; write WIDTHxHEIGHT, e.g. {}",
+                Display::DEFAULT
+            )
+        };
+        let (width, height) = text.trim().split_once(['x', 'X']).ok_or_else(shape)?;
+        let display = Display {
+            width: width.trim().parse().map_err(|_| shape())?,
+            height: height.trim().parse().map_err(|_| shape())?,
+        };
+        display.check()?;
+        Ok(display)
+    }
+
+    fn check(&self) -> Result<(), String> {
+        let (min, max) = (Display::MIN, Display::MAX);
+        if (min.width..=max.width).contains(&self.width)
+            && (min.height..=max.height).contains(&self.height)
+        {
+            Ok(())
+        } else {
+            Err(format!(
+                "{self} is outside the display sizes vmpod offers ({min} to {max})"
+            ))
+        }
+    }
+}
+
+impl std::fmt::Display for Display {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}x{}", self.width, self.height)
     }
 }
 
@@ -358,6 +429,27 @@ pub enum InputKind {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn display_sizes_are_read_and_bounded() {
+        assert_eq!(
+            Display::parse(" 1280 X 720 "),
+            Ok(Display {
+                width: 1280,
+                height: 720
+            })
+        );
+        for bad in ["1280", "x", "axb", "1280x-1", "", "99999999999x2"] {
+            let error = Display::parse(bad).expect_err(bad);
+            assert!(error.contains("WIDTHxHEIGHT, e.g. 1024x768"), "{error}");
+        }
+        let error = Display::parse("8000x8000").expect_err("too big");
+        assert_eq!(
+            error,
+            "8000x8000 is outside the display sizes vmpod offers (320x200 to 3840x2160)"
+        );
+        assert!(Display::parse("100x100").is_err());
+    }
 
     #[test]
     fn run_strategies_use_kubevirt_spelling() {

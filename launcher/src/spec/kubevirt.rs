@@ -8,7 +8,8 @@ use serde_norway::Value;
 use std::collections::BTreeMap;
 
 use super::config::{
-    Boot, Disk, DiskBoot, DiskSource, Identity, KernelBoot, RunStrategy, UuidSource, VmConfig,
+    Boot, Disk, DiskBoot, DiskSource, Display, Identity, KernelBoot, RunStrategy, UuidSource,
+    VmConfig,
 };
 use super::doc::{join, quote, Diagnostics, Field, Object};
 use super::domain::{read_cpu, read_domain_extras, read_firmware, read_memory, read_resources};
@@ -16,7 +17,9 @@ use super::identity;
 use super::{devices, volumes};
 
 /// vmpod's own annotations; any other `vmpod.io/` key is a typo.
-pub const VMPOD_ANNOTATIONS: &[&str] = &["vmpod.io/ready-serial-pattern"];
+pub const VMPOD_ANNOTATIONS: &[&str] = &["vmpod.io/ready-serial-pattern", DISPLAY_SIZE_ANNOTATION];
+/// The display's size, `WIDTHxHEIGHT` (1024x768 unless it says otherwise).
+pub const DISPLAY_SIZE_ANNOTATION: &str = "vmpod.io/display-size";
 
 const DEFAULT_GRACE_SECONDS: u64 = 180;
 
@@ -116,6 +119,11 @@ fn read_labels_and_annotations(object: &mut Object, meta: &mut Metadata, diag: &
     for (key, value) in annotations.string_map(diag) {
         if !key.starts_with("vmpod.io/") {
             continue;
+        }
+        if key == DISPLAY_SIZE_ANNOTATION {
+            if let Err(why) = Display::parse(&value) {
+                diag.problem(&format!("{}[{key:?}]", annotations.path), why);
+            }
         }
         if VMPOD_ANNOTATIONS.contains(&key.as_str()) {
             meta.vmpod_annotations.insert(key, value);
@@ -305,7 +313,12 @@ fn read_instance_spec(
         nics,
         rng: device_refs.rng,
         inputs: device_refs.inputs,
-        graphics: device_refs.graphics,
+        display: device_refs.graphics.then(|| {
+            meta.vmpod_annotations
+                .get(DISPLAY_SIZE_ANNOTATION)
+                .and_then(|size| Display::parse(size).ok())
+                .unwrap_or(Display::DEFAULT)
+        }),
         serial_console: device_refs.serial_console,
         annotations: meta.vmpod_annotations,
     };

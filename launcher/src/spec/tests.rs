@@ -57,7 +57,8 @@ fn minimal_instance_gets_kubevirt_defaults() {
     };
     assert_eq!(kernel.cmdline, "console=ttyS0");
     assert_eq!(config.termination_grace_period_seconds, 180);
-    assert!(config.graphics && config.serial_console && !config.rng);
+    assert!(config.serial_console && !config.rng);
+    assert_eq!(config.display, Some(crate::spec::config::Display::DEFAULT));
     assert_eq!(
         config.nics.len(),
         1,

@@ -111,6 +111,8 @@ pub struct BootSpec<'a> {
     pub cmdline: &'a str,
     pub memory_bytes: u64,
     pub rsdp_address: u64,
+    /// The framebuffer a Linux kernel is told of, if the VM has a display.
+    pub screen: Option<linux_loader::loader::bootparam::screen_info>,
 }
 
 /// The e820 map that matches [`layout::ram_regions`].
@@ -225,6 +227,7 @@ fn load_bzimage_params(
     let mut params = boot_params {
         hdr: header,
         acpi_rsdp_addr: spec.rsdp_address,
+        screen_info: spec.screen.unwrap_or_default(),
         ..Default::default()
     };
     for (slot, (start, len, kind)) in params
@@ -410,6 +413,7 @@ mod tests {
             cmdline: "",
             memory_bytes: 16 << 20,
             rsdp_address: layout::ACPI_START,
+            screen: None,
         };
         let missing = load(&memory, &spec(Path::new("/nonexistent/vmlinuz"))).expect_err("missing");
         assert!(matches!(missing, BootError::OpenKernel { .. }));

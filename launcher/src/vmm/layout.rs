@@ -38,8 +38,11 @@ pub const HIGH_MEMORY_START: u64 = 0x100000;
 /// The 32-bit MMIO hole: RAM stops here and resumes at 4 GiB.
 pub const MMIO_HOLE_START: u64 = 0xc000_0000;
 pub const RAM_ABOVE_4G: u64 = 0x1_0000_0000;
-/// Window for virtio-mmio devices and the framebuffer (the device
-/// manager allocates from it).
+/// The framebuffer, when the VM has a display: memory of its own at the
+/// start of the hole, never RAM in the e820 map (up to 256 MiB).
+pub const FRAMEBUFFER_ADDR: u64 = MMIO_HOLE_START;
+pub const FRAMEBUFFER_MAX: u64 = 0x1000_0000;
+/// Window for virtio-mmio devices (the device manager allocates from it).
 pub const DEVICE_WINDOW_START: u64 = 0xd000_0000;
 pub const DEVICE_WINDOW_END: u64 = 0xfe00_0000;
 /// Interrupt lines the device manager hands out: IOAPIC pins above the
@@ -74,6 +77,7 @@ pub const S5_SLEEP_TYPE: u8 = 5;
 // The device window and the interrupt lines the device manager hands out
 // stay clear of RAM, of the fixed devices and of the IOAPIC's 24 pins;
 // checked when vmpod is compiled.
+const _: () = assert!(FRAMEBUFFER_ADDR + FRAMEBUFFER_MAX <= DEVICE_WINDOW_START);
 const _: () = assert!(MMIO_HOLE_START <= DEVICE_WINDOW_START);
 const _: () = assert!(DEVICE_WINDOW_START < DEVICE_WINDOW_END);
 const _: () = assert!(DEVICE_WINDOW_END <= GED_ADDR);

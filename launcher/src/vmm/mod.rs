@@ -16,6 +16,7 @@ pub mod console;
 pub mod cpu;
 pub mod device_manager;
 pub mod disks;
+pub mod display;
 pub mod event_loop;
 pub mod host;
 pub mod layout;
@@ -38,6 +39,7 @@ use kvm_bindings::{
 use kvm_ioctls::{Kvm, VmFd};
 use vm_memory::{GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion, MemoryRegionAddress};
 
+use crate::api::display::Framebuffer;
 use crate::api::{Command, CommandReceiver, CommandSender, Event, EventSender, SharedStatus};
 use crate::api::{Status, Timed};
 use crate::signals::SignalFd;
@@ -126,7 +128,12 @@ pub struct VmmIo {
     pub block_devices: crate::api::SharedBlockDevices,
     /// SIGTERM and SIGINT, already blocked in every thread.
     pub termination_signals: SignalFd,
+    /// The framebuffer, when the VM has a display; it outlives the VMM.
+    pub display: Option<Arc<Framebuffer>>,
 }
+
+/// KVM's memory slot for the framebuffer (RAM takes slots 0 and 1).
+const FRAMEBUFFER_SLOT: u32 = 8;
 
 /// The VMM's own epoll source: the command channel.
 const COMMANDS: u32 = 0;
@@ -156,6 +163,9 @@ struct Vmm<'a> {
     status: SharedStatus,
     /// The disk booted from, when the kernel comes from a disk.
     boot_disk: Option<crate::images::Shared>,
+    display: Option<Arc<Framebuffer>>,
+    /// Whether pointer events without a tablet were mentioned.
+    pointer_unrouted: bool,
 }
 
 /// Boots `config` and serves it until the guest powers off or fails.
@@ -198,6 +208,8 @@ pub fn run(kvm: &Kvm, config: &VmConfig, io: VmmIo) -> Result<Outcome, VmmError>
         lifecycle: io.events,
         status: io.status,
         boot_disk,
+        display: io.display,
+        pointer_unrouted: false,
     };
     let outcome = vmm.run_boots();
     if outcome.is_err() {
@@ -305,11 +317,23 @@ impl Vmm<'_> {
                         transport.lock().unwrap_or_else(|p| p.into_inner()).reset();
                     }
                     memory::clear(&self.guest_memory)?;
+                    if let Some(display) = &self.display {
+                        display.clear();
+                    }
                 }
                 Ending::Failed(error) => return Err(VmmError::Guest(error)),
             }
         }
         unreachable!("boot numbers do not run out")
+    }
+
+    /// Moves the pointer on the VM's tablet; without one it goes nowhere
+    /// (said once).
+    fn point(&mut self, pointer: crate::api::display::PointerEvent) {
+        if !self.pointer_unrouted {
+            self.pointer_unrouted = true;
+            log::info!("the VM has no tablet, so pointer events (first {pointer:?}) go nowhere; add inputs: [{{name: tablet, type: tablet, bus: virtio}}] to its devices");
+        }
     }
 
     fn finish(&self, outcome: Outcome) -> Outcome {
@@ -366,6 +390,7 @@ impl Vmm<'_> {
                     .unwrap_or_else(|p| p.into_inner());
                 i8042.press(&keys);
             }
+            Command::Pointer(pointer) => self.point(pointer),
             Command::Reset => return Some(Ending::Reset("a system_reset command")),
             Command::Quit => return Some(Ending::Quit),
             Command::ForcedStop(signal) => return Some(Ending::ForcedStop(signal)),
@@ -382,6 +407,9 @@ impl Vmm<'_> {
         // Memory first: a memslot change waits for an SRCU grace period, which
         // costs milliseconds once the in-kernel irqchip and PIT exist.
         register_memory(&vm, &self.guest_memory)?;
+        if let Some(display) = &self.display {
+            display::register(&vm, display, FRAMEBUFFER_SLOT)?;
+        }
         vm.set_tss_address(layout::KVM_TSS_ADDR as usize)
             .map_err(kvm_error("set the TSS address"))?;
         vm.set_identity_map_address(layout::KVM_IDENTITY_MAP_ADDR)
@@ -440,8 +468,17 @@ impl Vmm<'_> {
                 cmdline,
                 memory_bytes: config.memory_bytes,
                 rsdp_address: tables.rsdp_address,
+                screen: self.display.as_deref().map(display::screen_info),
             },
         )?;
+        if let (Some(display), boot::Entry::Pvh { .. }, true) = (&self.display, entry, first_boot) {
+            log::info!(
+                "display {}x{}: this kernel boots through PVH, which cannot announce a framebuffer; the guest finds it only if it knows it is at {:#x}",
+                display.size().width,
+                display.size().height,
+                layout::FRAMEBUFFER_ADDR
+            );
+        }
         drop(staged);
         let vcpus = create_vcpus(self.kvm, &vm, config, &apic_ids, entry, first_boot)?;
         let (pio, mmio) = self.platform.devices.buses();

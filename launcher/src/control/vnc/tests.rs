@@ -1,0 +1,655 @@
+//! The VNC server's pieces against a viewer written here from RFC 6143:
+//! it decodes Raw, CopyRect and ZRLE back into pixels, which must be the
+//! screen's, for random screens and for screens like a text console.
+
+use flate2::{Decompress, FlushDecompress};
+
+use super::encode::{self, Frame, Rect};
+use super::rfb::{encoding, ClientMessage, PixelFormat};
+use super::session::Session;
+use crate::api::Command;
+
+/// A tiny deterministic random source.
+struct Noise(u64);
+
+impl Noise {
+    fn next(&mut self) -> u32 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        (self.0 >> 16) as u32
+    }
+}
+
+/// A text console's look: a background, lines of "glyphs" in a few
+/// colours, a status bar.
+fn console_screen(width: usize, height: usize, seed: u64) -> Vec<u32> {
+    let mut noise = Noise(seed | 1);
+    let mut pixels = vec![0x0000_00aa; width * height];
+    for line in 0..height / 16 {
+        let colour = [0x00aa_aaaa, 0x00ff_ff55, 0x0055_ff55][line % 3];
+        let length = (noise.next() as usize) % (width / 8);
+        for cell in 0..length {
+            let glyph = noise.next();
+            for row in 0..14 {
+                for column in 0..8 {
+                    if glyph >> ((row * 8 + column) % 31) & 1 == 1 {
+                        pixels[(line * 16 + row) * width + cell * 8 + column] = colour;
+                    }
+                }
+            }
+        }
+    }
+    for pixel in &mut pixels[(height - 16) * width..] {
+        *pixel = 0x00cc_cccc;
+    }
+    pixels
+}
+
+fn random_screen(width: usize, height: usize, seed: u64) -> Vec<u32> {
+    let mut noise = Noise(seed | 1);
+    (0..width * height)
+        .map(|_| noise.next() & 0x00ff_ffff)
+        .collect()
+}
+
+/// What a viewer holds, decoded from server messages.
+struct Viewer {
+    format: PixelFormat,
+    width: usize,
+    /// Pixels as the viewer's values (its format).
+    pixels: Vec<u32>,
+    zlib: Decompress,
+    rectangles: Vec<(Rect, i32)>,
+}
+
+impl Viewer {
+    fn new(format: PixelFormat, width: usize, height: usize) -> Self {
+        Viewer {
+            format,
+            width,
+            pixels: vec![0; width * height],
+            zlib: Decompress::new(true),
+            rectangles: Vec::new(),
+        }
+    }
+
+    fn pixel(&self, bytes: &[u8]) -> u32 {
+        let mut full = [0u8; 4];
+        full[..bytes.len()].copy_from_slice(bytes);
+        match (self.format.bits_per_pixel, self.format.big_endian) {
+            (32, false) => u32::from_le_bytes(full),
+            (32, true) => u32::from_be_bytes(full),
+            (16, false) => u32::from(u16::from_le_bytes([full[0], full[1]])),
+            (16, true) => u32::from(u16::from_be_bytes([full[0], full[1]])),
+            _ => u32::from(full[0]),
+        }
+    }
+
+    fn cpixel(&self, bytes: &[u8]) -> u32 {
+        let range = self.format.cpixel_bytes();
+        let mut full = [0u8; 4];
+        full[range.clone()].copy_from_slice(bytes);
+        self.pixel(&full[..self.format.bytes_per_pixel()])
+    }
+
+    /// Applies one FramebufferUpdate; returns the bytes it took.
+    fn apply(&mut self, message: &[u8]) -> usize {
+        assert_eq!(message[0], 0, "a FramebufferUpdate");
+        let count = u16::from_be_bytes([message[2], message[3]]);
+        let mut at = 4;
+        let u16_at = |at: usize| usize::from(u16::from_be_bytes([message[at], message[at + 1]]));
+        for _ in 0..count {
+            let rect = Rect {
+                x: u16_at(at),
+                y: u16_at(at + 2),
+                width: u16_at(at + 4),
+                height: u16_at(at + 6),
+            };
+            let kind = i32::from_be_bytes(message[at + 8..at + 12].try_into().unwrap());
+            at += 12;
+            self.rectangles.push((rect, kind));
+            match kind {
+                encoding::RAW => {
+                    let size = self.format.bytes_per_pixel();
+                    for y in rect.y..rect.y + rect.height {
+                        for x in rect.x..rect.x + rect.width {
+                            self.pixels[y * self.width + x] = self.pixel(&message[at..at + size]);
+                            at += size;
+                        }
+                    }
+                }
+                encoding::COPY_RECT => {
+                    let (source_x, source_y) = (u16_at(at), u16_at(at + 2));
+                    at += 4;
+                    let copy = self.pixels.clone();
+                    for y in 0..rect.height {
+                        for x in 0..rect.width {
+                            self.pixels[(rect.y + y) * self.width + rect.x + x] =
+                                copy[(source_y + y) * self.width + source_x + x];
+                        }
+                    }
+                }
+                encoding::ZRLE => {
+                    let length =
+                        u32::from_be_bytes(message[at..at + 4].try_into().unwrap()) as usize;
+                    at += 4;
+                    let mut data = Vec::with_capacity(1 << 22);
+                    self.zlib
+                        .decompress_vec(&message[at..at + length], &mut data, FlushDecompress::Sync)
+                        .expect("zlib data");
+                    at += length;
+                    self.zrle(rect, &data);
+                }
+                other => panic!("unexpected encoding {other}"),
+            }
+        }
+        at
+    }
+
+    fn zrle(&mut self, rect: Rect, data: &[u8]) {
+        let size = self.format.cpixel_bytes().len();
+        let mut at = 0;
+        let mut take = |count: usize| {
+            let slice = &data[at..at + count];
+            at += count;
+            slice
+        };
+        let run_length = |take: &mut dyn FnMut(usize) -> Vec<u8>| {
+            let mut length = 1;
+            loop {
+                let byte = take(1)[0];
+                length += usize::from(byte);
+                if byte != 255 {
+                    return length;
+                }
+            }
+        };
+        let mut take_owned = |count: usize| take(count).to_vec();
+        for tile_y in (rect.y..rect.y + rect.height).step_by(encode::TILE) {
+            for tile_x in (rect.x..rect.x + rect.width).step_by(encode::TILE) {
+                let width = encode::TILE.min(rect.x + rect.width - tile_x);
+                let height = encode::TILE.min(rect.y + rect.height - tile_y);
+                let kind = take_owned(1)[0];
+                let mut values = Vec::with_capacity(width * height);
+                match kind {
+                    0 => {
+                        for _ in 0..width * height {
+                            values.push(self.cpixel(&take_owned(size)));
+                        }
+                    }
+                    1 => values = vec![self.cpixel(&take_owned(size)); width * height],
+                    2..=16 => {
+                        let palette: Vec<u32> =
+                            (0..kind).map(|_| self.cpixel(&take_owned(size))).collect();
+                        let bits = match kind {
+                            2 => 1,
+                            3..=4 => 2,
+                            _ => 4,
+                        };
+                        for _ in 0..height {
+                            let row = take_owned((width * bits).div_ceil(8));
+                            for x in 0..width {
+                                let bit = x * bits;
+                                let index =
+                                    row[bit / 8] >> (8 - bits - bit % 8) & ((1 << bits) - 1);
+                                values.push(palette[usize::from(index)]);
+                            }
+                        }
+                    }
+                    128 => {
+                        while values.len() < width * height {
+                            let value = self.cpixel(&take_owned(size));
+                            let length = run_length(&mut take_owned);
+                            values.extend(std::iter::repeat_n(value, length));
+                        }
+                    }
+                    130..=255 => {
+                        let palette: Vec<u32> = (0..kind - 128)
+                            .map(|_| self.cpixel(&take_owned(size)))
+                            .collect();
+                        while values.len() < width * height {
+                            let index = take_owned(1)[0];
+                            let length = if index & 128 != 0 {
+                                run_length(&mut take_owned)
+                            } else {
+                                1
+                            };
+                            values.extend(std::iter::repeat_n(
+                                palette[usize::from(index & 127)],
+                                length,
+                            ));
+                        }
+                    }
+                    other => panic!("subencoding {other} is not ZRLE's"),
+                }
+                assert_eq!(values.len(), width * height, "tile at {tile_x},{tile_y}");
+                for (index, value) in values.into_iter().enumerate() {
+                    self.pixels[(tile_y + index / width) * self.width + tile_x + index % width] =
+                        value;
+                }
+            }
+        }
+        assert_eq!(at, data.len(), "every byte of the ZRLE data used");
+    }
+
+    /// The screen it shows, converted back to the server's XRGB.
+    fn expect_shows(&self, screen: &[u32]) {
+        for (index, (&shown, &actual)) in self.pixels.iter().zip(screen).enumerate() {
+            assert_eq!(
+                shown,
+                self.format.convert(actual),
+                "pixel ({}, {})",
+                index % self.width,
+                index / self.width
+            );
+        }
+    }
+}
+
+fn frame_of(pixels: &[u32], width: usize, height: usize) -> Frame<'_> {
+    Frame {
+        pixels,
+        width,
+        height,
+    }
+}
+
+const RGB565: PixelFormat = PixelFormat {
+    bits_per_pixel: 16,
+    depth: 16,
+    big_endian: true,
+    true_colour: true,
+    red_max: 31,
+    green_max: 63,
+    blue_max: 31,
+    red_shift: 11,
+    green_shift: 5,
+    blue_shift: 0,
+};
+
+const BGR233: PixelFormat = PixelFormat {
+    bits_per_pixel: 8,
+    depth: 8,
+    big_endian: false,
+    true_colour: true,
+    red_max: 7,
+    green_max: 7,
+    blue_max: 3,
+    red_shift: 0,
+    green_shift: 3,
+    blue_shift: 6,
+};
+
+#[test]
+fn every_encoder_decodes_back_to_the_screen_in_every_format() {
+    let (width, height) = (200, 130); // tiles cut at the edges
+    for format in [
+        PixelFormat::NATIVE,
+        RGB565,
+        BGR233,
+        PixelFormat {
+            big_endian: true,
+            ..PixelFormat::NATIVE
+        },
+    ] {
+        for (name, screen) in [
+            ("random", random_screen(width, height, 7)),
+            ("console", console_screen(width, height, 3)),
+            ("black", vec![0; width * height]),
+        ] {
+            let frame = Frame {
+                pixels: &screen,
+                width,
+                height,
+            };
+            let whole = Rect {
+                x: 0,
+                y: 0,
+                width,
+                height,
+            };
+            let part = Rect {
+                x: 13,
+                y: 70,
+                width: 150,
+                height: 60,
+            };
+            let mut zrle = encode::Zrle::default();
+            for kind in [encoding::RAW, encoding::ZRLE] {
+                let mut viewer = Viewer::new(format, width, height);
+                for rect in [whole, part] {
+                    let mut message = vec![0, 0, 0, 1];
+                    super::rfb::server::rectangle(
+                        &mut message,
+                        rect.x as u16,
+                        rect.y as u16,
+                        rect.width as u16,
+                        rect.height as u16,
+                        kind,
+                    );
+                    if kind == encoding::RAW {
+                        encode::raw(frame, rect, &format, &mut message);
+                    } else {
+                        zrle.encode(frame, rect, &format, &mut message);
+                    }
+                    assert_eq!(viewer.apply(&message), message.len(), "{name} {kind}");
+                }
+                viewer.expect_shows(&screen);
+            }
+        }
+    }
+}
+
+#[test]
+fn zrle_makes_a_console_screen_small() {
+    let (width, height) = (1024, 768);
+    let screen = console_screen(width, height, 11);
+    let frame = Frame {
+        pixels: &screen,
+        width,
+        height,
+    };
+    let whole = Rect {
+        x: 0,
+        y: 0,
+        width,
+        height,
+    };
+    let mut out = Vec::new();
+    encode::Zrle::default().encode(frame, whole, &PixelFormat::NATIVE, &mut out);
+    assert!(out.len() < width * height * 4 / 20, "{} bytes", out.len());
+}
+
+#[test]
+fn damage_covers_every_change_and_nothing_when_idle() {
+    let (width, height) = (300, 200);
+    let old = console_screen(width, height, 5);
+    let mut new = old.clone();
+    let whole = Rect {
+        x: 0,
+        y: 0,
+        width,
+        height,
+    };
+    assert!(encode::damage(
+        frame_of(&old, width, height),
+        frame_of(&new, width, height),
+        whole
+    )
+    .is_empty());
+    new[150 * width + 299] ^= 1;
+    new[3] ^= 1;
+    let rects = encode::damage(
+        frame_of(&old, width, height),
+        frame_of(&new, width, height),
+        whole,
+    );
+    assert_eq!(rects.len(), 2, "{rects:?}");
+    assert!(rects.iter().any(|r| r.x == 0 && r.y == 0 && r.width == 64));
+    assert!(rects
+        .iter()
+        .any(|r| r.x == 256 && r.y == 128 && r.width == 44 && r.height == 64));
+}
+
+#[test]
+fn a_scrolled_console_is_found_as_one_band() {
+    let (width, height) = (320, 240);
+    let old = console_screen(width, height, 9);
+    let mut new = old.clone();
+    new.copy_within(16 * width..(height - 16) * width, 0); // up one line
+    for pixel in &mut new[(height - 32) * width..(height - 16) * width] {
+        *pixel = 0x0000_00aa;
+    }
+    let band = encode::find_scroll(frame_of(&old, width, height), frame_of(&new, width, height))
+        .expect("a scroll");
+    assert_eq!(band.source_y, band.y + 16);
+    assert!(band.height >= height - 48, "{band:?}");
+    let mut moved = old.clone();
+    encode::apply_scroll(&mut moved, width, band);
+    for y in band.y..band.y + band.height {
+        assert_eq!(
+            moved[y * width..(y + 1) * width],
+            new[y * width..(y + 1) * width]
+        );
+    }
+    assert_eq!(
+        encode::find_scroll(frame_of(&old, width, height), frame_of(&old, width, height)),
+        None
+    );
+}
+
+/// Runs a session through the 3.8 handshake with a viewer that wants
+/// `encodings`; returns it and what the server said after ServerInit.
+fn connected(width: usize, height: usize, encodings: Vec<i32>) -> Session {
+    let mut out = Vec::new();
+    let mut session = Session::new(width, height, "vm", &mut out);
+    assert_eq!(out, b"RFB 003.008\n");
+    let mut commands = Vec::new();
+    out.clear();
+    session
+        .receive(b"RFB 003.008\n", &mut out, &mut commands)
+        .expect("version");
+    assert_eq!(out, [1, 1], "one security type: None");
+    out.clear();
+    session
+        .receive(&[1], &mut out, &mut commands)
+        .expect("security");
+    assert_eq!(out, [0, 0, 0, 0], "SecurityResult OK");
+    out.clear();
+    session
+        .receive(&[1], &mut out, &mut commands)
+        .expect("init");
+    assert_eq!(
+        &out[..4],
+        [
+            (width >> 8) as u8,
+            width as u8,
+            (height >> 8) as u8,
+            height as u8
+        ]
+    );
+    assert_eq!(&out[out.len() - 6..], b"\0\0\0\x02vm");
+    let message = super::rfb::tests::encode(&ClientMessage::SetEncodings(encodings));
+    session
+        .receive(&message, &mut out, &mut commands)
+        .expect("encodings");
+    assert!(commands.is_empty());
+    session
+}
+
+fn request(session: &mut Session, incremental: bool, width: u16, height: u16) {
+    let message = super::rfb::tests::encode(&ClientMessage::UpdateRequest {
+        incremental,
+        x: 0,
+        y: 0,
+        width,
+        height,
+    });
+    session
+        .receive(&message, &mut Vec::new(), &mut Vec::new())
+        .expect("request");
+}
+
+#[test]
+fn a_session_sends_the_screen_then_only_changes_then_nothing_while_idle() {
+    let (width, height) = (256, 192);
+    let mut session = connected(
+        width,
+        height,
+        vec![encoding::ZRLE, encoding::COPY_RECT, encoding::RAW],
+    );
+    let mut viewer = Viewer::new(PixelFormat::NATIVE, width, height);
+    let mut screen = console_screen(width, height, 1);
+    assert!(
+        !session.update(frame_of(&screen, width, height), &mut Vec::new()),
+        "no request yet"
+    );
+    request(&mut session, true, width as u16, height as u16);
+    let mut out = Vec::new();
+    assert!(session.update(frame_of(&screen, width, height), &mut out));
+    viewer.apply(&out);
+    viewer.expect_shows(&screen);
+    // Idle: a request waits, and nothing is sent.
+    request(&mut session, true, width as u16, height as u16);
+    assert!(!session.update(frame_of(&screen, width, height), &mut Vec::new()));
+    assert!(session.wants_update());
+    // A change: only its tile goes.
+    screen[100 * width + 100] = 0x00ff_0000;
+    out.clear();
+    viewer.rectangles.clear();
+    assert!(session.update(frame_of(&screen, width, height), &mut out));
+    viewer.apply(&out);
+    viewer.expect_shows(&screen);
+    assert_eq!(viewer.rectangles.len(), 1);
+    assert!(out.len() < 200, "{} bytes for one pixel", out.len());
+    // A scroll: one CopyRect and the new line.
+    screen.copy_within(16 * width.., 0);
+    request(&mut session, true, width as u16, height as u16);
+    out.clear();
+    viewer.rectangles.clear();
+    assert!(session.update(frame_of(&screen, width, height), &mut out));
+    viewer.apply(&out);
+    viewer.expect_shows(&screen);
+    assert_eq!(
+        viewer.rectangles[0].1,
+        encoding::COPY_RECT,
+        "{:?}",
+        viewer.rectangles
+    );
+    // A full request sends the area even when nothing changed.
+    request(&mut session, false, 10, 10);
+    out.clear();
+    viewer.rectangles.clear();
+    assert!(session.update(frame_of(&screen, width, height), &mut out));
+    viewer.apply(&out);
+    assert_eq!(
+        viewer.rectangles[0].0,
+        Rect {
+            x: 0,
+            y: 0,
+            width: 10,
+            height: 10
+        }
+    );
+}
+
+#[test]
+fn keys_and_the_pointer_become_commands() {
+    let mut session = connected(1024, 768, vec![encoding::RAW]);
+    let mut commands = Vec::new();
+    let mut bytes = Vec::new();
+    for message in [
+        ClientMessage::Key {
+            down: true,
+            keysym: 0x61,
+        },
+        ClientMessage::Key {
+            down: false,
+            keysym: 0x61,
+        },
+        ClientMessage::Key {
+            down: true,
+            keysym: 0x1234_5678,
+        },
+        ClientMessage::Pointer {
+            buttons: 1,
+            x: 1023,
+            y: 0,
+        },
+        ClientMessage::Pointer {
+            buttons: 1,
+            x: 1023,
+            y: 0,
+        },
+        ClientMessage::CutText { length: 5 },
+    ] {
+        bytes.extend(super::rfb::tests::encode(&message));
+    }
+    bytes.extend(b"hello");
+    bytes.extend(super::rfb::tests::encode(&ClientMessage::Key {
+        down: true,
+        keysym: 0xff0d,
+    }));
+    // Byte by byte, as a slow network delivers it.
+    for byte in bytes {
+        session
+            .receive(&[byte], &mut Vec::new(), &mut commands)
+            .expect("valid");
+    }
+    let described: Vec<String> = commands
+        .iter()
+        .map(|command| match command {
+            Command::Keys(keys) => keys
+                .iter()
+                .map(|k| format!("{}{}", if k.pressed { "+" } else { "-" }, k.key.qcode))
+                .collect::<Vec<_>>()
+                .join(" "),
+            Command::Pointer(pointer) => {
+                format!("pointer {} {} {}", pointer.x, pointer.y, pointer.buttons)
+            }
+            other => format!("{other:?}"),
+        })
+        .collect();
+    assert_eq!(
+        described,
+        ["+a -a", "pointer 32767 0 1", "+ret"],
+        "keys in a row go as one command"
+    );
+}
+
+#[test]
+fn older_viewers_get_their_handshakes() {
+    for (version, after_version, after_security) in [
+        (&b"RFB 003.003\n"[..], vec![0, 0, 0, 1], None::<Vec<u8>>),
+        (&b"RFB 003.007\n"[..], vec![1, 1], Some(vec![])),
+    ] {
+        let mut out = Vec::new();
+        let mut session = Session::new(640, 480, "old", &mut out);
+        out.clear();
+        session
+            .receive(version, &mut out, &mut Vec::new())
+            .expect("version");
+        assert_eq!(out, after_version);
+        if let Some(expected) = after_security {
+            out.clear();
+            session
+                .receive(&[1], &mut out, &mut Vec::new())
+                .expect("security");
+            assert_eq!(out, expected, "3.7 has no SecurityResult for None");
+        }
+        out.clear();
+        session
+            .receive(&[0], &mut out, &mut Vec::new())
+            .expect("init");
+        assert_eq!(&out[..4], [2, 128, 1, 224]);
+    }
+}
+
+#[test]
+fn broken_viewers_are_refused_with_the_reason() {
+    let cases: [(&[u8], &str); 4] = [
+        (b"GET / HTTP/1.1\r\n", "not an RFB protocol version"),
+        (b"RFB 003.008\n\x02", "security type 2"),
+        (b"RFB 003.008\n\x01\x01\x63", "message type 99"),
+        (
+            b"RFB 003.008\n\x01\x01\x03\x00\x10\x00\x00\x00\x00\x01\x00\x01",
+            "outside the 640x480 screen",
+        ),
+    ];
+    for (bytes, reason) in cases {
+        let mut session = Session::new(640, 480, "vm", &mut Vec::new());
+        let refusal = session
+            .receive(bytes, &mut Vec::new(), &mut Vec::new())
+            .expect_err(reason);
+        assert!(refusal.contains(reason), "{refusal}");
+    }
+    let mut session = connected(640, 480, vec![]);
+    let mut colour_map = PixelFormat::NATIVE;
+    colour_map.true_colour = false;
+    let message = super::rfb::tests::encode(&ClientMessage::SetPixelFormat(colour_map));
+    let refusal = session
+        .receive(&message, &mut Vec::new(), &mut Vec::new())
+        .expect_err("colour map");
+    assert!(refusal.contains("colour-map"), "{refusal}");
+}
