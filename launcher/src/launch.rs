@@ -15,7 +15,9 @@ use vmm_sys_util::epoll::Epoll;
 use vmm_sys_util::eventfd::EventFd;
 
 use crate::api::{self, SharedStatus};
-use crate::control::rundir::{RunDir, MONITOR_SOCKET, QMP_SOCKET, READY_SOCKET, SERIAL_SOCKET};
+use crate::control::rundir::{
+    RunDir, MONITOR_SOCKET, QMP_SOCKET, READY_SOCKET, SERIAL_SOCKET, VNC_SOCKET,
+};
 use crate::control::serial::{HubWriter, SerialHub, SerialServer};
 use crate::control::{ControlLoop, Listeners, VmControl};
 use crate::signals::SignalFd;
@@ -122,7 +124,7 @@ fn run_reporting(
     let overhead = match reporter {
         Some(_) => host::VMM_OVERHEAD_BYTES + host::STATUS_HELPER_BYTES,
         None => host::VMM_OVERHEAD_BYTES,
-    };
+    } + host::display_bytes(config.display);
     host::check_memory(
         config.memory_bytes,
         overhead,
@@ -136,6 +138,20 @@ fn run_reporting(
         qmp: run_dir.listen(QMP_SOCKET)?,
         monitor: run_dir.listen(MONITOR_SOCKET)?,
         ready: run_dir.listen(READY_SOCKET)?,
+        vnc: match config.display {
+            Some(_) => Some(run_dir.listen(VNC_SOCKET)?),
+            None => None,
+        },
+    };
+    let display = match config.display {
+        Some(size) => Some(Arc::new(
+            api::display::Framebuffer::new(api::display::DisplaySize {
+                width: size.width,
+                height: size.height,
+            })
+            .map_err(io_error("map the framebuffer"))?,
+        )),
+        None => None,
     };
 
     let (command_sender, commands) =
@@ -174,6 +190,7 @@ fn run_reporting(
         commands: command_sender.clone(),
         block_devices: block_devices.clone(),
         observer: reporter.as_ref().map(StatusLink::observer),
+        display: display.clone(),
     };
     let control_loop = ControlLoop::new(
         epoll,
@@ -186,10 +203,16 @@ fn run_reporting(
     )
     .map_err(io_error("serve the control sockets"))?;
     let control = ControlThread::start(control_loop)?;
-    log::info!(
-        "serving the console and monitors in {} (/vm/serial, /vm/qmp, /vm/monitor, /vm/ready)",
-        options.run_dir.display()
-    );
+    match config.display {
+        Some(size) => log::info!(
+            "serving the console, monitors and the {size} display in {} (/vm/serial, /vm/qmp, /vm/monitor, /vm/vnc, /vm/ready)",
+            options.run_dir.display()
+        ),
+        None => log::info!(
+            "serving the console and monitors in {} (/vm/serial, /vm/qmp, /vm/monitor, /vm/ready)",
+            options.run_dir.display()
+        ),
+    }
 
     let outcome = vmm::run(
         &kvm,
@@ -206,11 +229,11 @@ fn run_reporting(
             scratch_dir: options.scratch_dir.clone(),
             block_devices,
             termination_signals,
-            display: None,
+            display,
         },
     );
     control.stop();
-    for socket in [SERIAL_SOCKET, QMP_SOCKET, MONITOR_SOCKET, READY_SOCKET] {
+    for socket in [SERIAL_SOCKET, QMP_SOCKET, MONITOR_SOCKET, READY_SOCKET, VNC_SOCKET] {
         run_dir.remove_socket(socket);
     }
     Ok(outcome?)

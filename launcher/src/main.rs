@@ -11,7 +11,7 @@ use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use vmpod::api::{DEFAULT_RUN_DIR, MONITOR_SOCKET, QMP_SOCKET};
+use vmpod::api::{DEFAULT_RUN_DIR, MONITOR_SOCKET, QMP_SOCKET, VNC_SOCKET};
 
 const AFTER_HELP: &str = "\
 In a pod, the image's entrypoint runs `vmpod launch`. Reach the VM with:
@@ -180,8 +180,12 @@ enum Command {
         #[arg(long, env = "VMPOD_RUN_DIR", default_value = DEFAULT_RUN_DIR, value_name = "DIR")]
         run_dir: PathBuf,
     },
-    /// Relay the VM's VNC socket to stdio (also as /vm/vnc)
-    Vnc,
+    /// Relay the VM's VNC socket to stdio, binary-clean (also as /vm/vnc):
+    /// socat TCP-LISTEN:5900,reuseaddr,fork EXEC:"kubectl exec -i POD -- /vm/vnc"
+    Vnc {
+        #[arg(long, env = "VMPOD_RUN_DIR", default_value = DEFAULT_RUN_DIR, value_name = "DIR")]
+        run_dir: PathBuf,
+    },
     /// Exit 0 once the VM is ready, for an exec readinessProbe (also as /vm/ready)
     Ready {
         #[arg(long, env = "VMPOD_RUN_DIR", default_value = DEFAULT_RUN_DIR, value_name = "DIR")]
@@ -313,9 +317,8 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
-        Command::Vnc => {
-            eprintln!("vmpod: error: this client role is not yet available in this build of vmpod");
-            ExitCode::FAILURE
+        Command::Vnc { run_dir } => {
+            relay_result(vmpod::helpers::serial::relay_binary(&run_dir, VNC_SOCKET))
         }
     }
 }

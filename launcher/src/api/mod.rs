@@ -25,6 +25,7 @@ pub const SERIAL_SOCKET: &str = "serial.sock";
 pub const QMP_SOCKET: &str = "qmp.sock";
 pub const MONITOR_SOCKET: &str = "monitor.sock";
 pub const READY_SOCKET: &str = "ready.sock";
+pub const VNC_SOCKET: &str = "vnc.sock";
 
 /// What the VMM is asked to do. Control commands come from QMP, the human
 /// monitor and signals; guest requests come from devices and vCPU threads.

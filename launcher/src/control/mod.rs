@@ -36,6 +36,8 @@ pub struct VmControl {
     pub block_devices: SharedBlockDevices,
     /// Hears every event the VM reports (the cluster status reporter).
     pub observer: Option<crate::api::Observer>,
+    /// The VM's screen, when it has one.
+    pub display: Option<Arc<crate::api::display::Framebuffer>>,
 }
 
 /// A command's answer: now, or once the VM has reached a status.
@@ -169,6 +171,8 @@ pub struct Listeners {
     pub qmp: UnixListener,
     pub monitor: UnixListener,
     pub ready: UnixListener,
+    /// `vnc.sock`, when the VM has a display.
+    pub vnc: Option<UnixListener>,
 }
 
 /// A QMP or monitor connection.
@@ -211,6 +215,7 @@ pub struct ControlLoop {
     events: EventReceiver,
     vm: VmControl,
     ready_pattern: Option<String>,
+    vnc: Option<vnc::VncServer>,
 }
 
 impl ControlLoop {
@@ -218,7 +223,7 @@ impl ControlLoop {
         epoll: Arc<Epoll>,
         serial: serial::SerialServer,
         hub: Arc<serial::SerialHub>,
-        listeners: Listeners,
+        mut listeners: Listeners,
         events: EventReceiver,
         vm: VmControl,
         ready_pattern: Option<String>,
@@ -232,6 +237,14 @@ impl ControlLoop {
         ] {
             epoll.ctl(ControlOperation::Add, fd, readable(token))?;
         }
+        let vnc = match (listeners.vnc.take(), &vm.display) {
+            (Some(listener), Some(display)) => {
+                let server = vnc::VncServer::new(listener, display.clone(), &vm.name)?;
+                server.register(&epoll)?;
+                Some(server)
+            }
+            _ => None,
+        };
         Ok(ControlLoop {
             epoll,
             serial,
@@ -242,6 +255,7 @@ impl ControlLoop {
             events,
             vm,
             ready_pattern,
+            vnc,
         })
     }
 
@@ -274,6 +288,11 @@ impl ControlLoop {
                     MONITOR_LISTENER => self.accept(true),
                     READY_LISTENER => self.answer_readiness(),
                     EVENTS => self.broadcast_events(),
+                    token if vnc::VncServer::owns(token) => {
+                        if let Some(vnc) = &mut self.vnc {
+                            vnc.handle(token, &self.epoll, &self.vm.commands);
+                        }
+                    }
                     token if token >= FIRST_CLIENT => self.serve(token),
                     token => self.serial.handle(token, event.event_set()),
                 }

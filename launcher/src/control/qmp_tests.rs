@@ -25,6 +25,7 @@ fn session() -> Session {
     status.set(Status::Running);
     let vm = VmControl {
         observer: None,
+        display: None,
         name: "codec".into(),
         uuid: "00000000-0000-0000-0000-000000000001".into(),
         topology: CpuTopology {

@@ -9,10 +9,12 @@ use std::os::unix::fs::{DirBuilderExt, FileTypeExt, PermissionsExt};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 
-pub use crate::api::{DEFAULT_RUN_DIR, MONITOR_SOCKET, QMP_SOCKET, READY_SOCKET, SERIAL_SOCKET};
+pub use crate::api::{
+    DEFAULT_RUN_DIR, MONITOR_SOCKET, QMP_SOCKET, READY_SOCKET, SERIAL_SOCKET, VNC_SOCKET,
+};
 
 /// The helpers `launch` links beside the run directory.
-pub const HELPER_ROLES: [&str; 4] = ["serial", "monitor", "qmp", "ready"];
+pub const HELPER_ROLES: [&str; 5] = ["serial", "monitor", "qmp", "vnc", "ready"];
 
 #[derive(Debug, thiserror::Error)]
 pub enum RunDirError {

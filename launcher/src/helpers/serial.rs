@@ -57,6 +57,20 @@ pub fn relay_plain(run_dir: &std::path::Path, socket: &str) -> Result<Ended, Ser
     relay(&mut connection, &signals, None).map_err(|source| SerialError::Io { path, source })
 }
 
+/// `/vm/vnc`: the VNC socket relayed to stdio, binary-clean. When stdin
+/// ends (the viewer left), vmpod is told so and the relay ends with it.
+pub fn relay_binary(run_dir: &std::path::Path, socket: &str) -> Result<Ended, SerialError> {
+    let path = run_dir.join(socket);
+    let mut connection = UnixStream::connect(&path).map_err(|source| SerialError::Connect {
+        path: path.clone(),
+        source,
+    })?;
+    let signals = SignalFd::take(&[libc::SIGINT, libc::SIGTERM, libc::SIGHUP])
+        .map_err(SerialError::Signals)?;
+    relay_until(&mut connection, &signals, None, InputEnd::HalfClose)
+        .map_err(|source| SerialError::Io { path, source })
+}
+
 pub fn attach(run_dir: &std::path::Path, escape: Option<u8>) -> Result<Ended, SerialError> {
     let path = run_dir.join(SERIAL_SOCKET);
     let mut console = UnixStream::connect(&path).map_err(|source| SerialError::Connect {
@@ -86,10 +100,30 @@ pub fn attach(run_dir: &std::path::Path, escape: Option<u8>) -> Result<Ended, Se
     ended
 }
 
+/// What the relay does when its stdin ends.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum InputEnd {
+    /// Passes on what is still coming until it goes quiet (the answers to
+    /// the last commands).
+    Quiet,
+    /// Tells the socket no more is coming and passes on the rest until the
+    /// other side closes.
+    HalfClose,
+}
+
 fn relay(
     console: &mut UnixStream,
     signals: &SignalFd,
     escape: Option<u8>,
+) -> std::io::Result<Ended> {
+    relay_until(console, signals, escape, InputEnd::Quiet)
+}
+
+fn relay_until(
+    console: &mut UnixStream,
+    signals: &SignalFd,
+    escape: Option<u8>,
+    input_end: InputEnd,
 ) -> std::io::Result<Ended> {
     let mut stdin_open = true;
     let mut buffer = [0u8; 8192];
@@ -112,7 +146,7 @@ fn relay(
                 revents: 0,
             },
         ];
-        let timeout = if stdin_open {
+        let timeout = if stdin_open || input_end == InputEnd::HalfClose {
             -1
         } else {
             QUIET_AFTER_INPUT_ENDS_MS
@@ -144,6 +178,9 @@ fn relay(
             let read = std::io::stdin().lock().read(&mut buffer)?;
             if read == 0 {
                 stdin_open = false;
+                if input_end == InputEnd::HalfClose {
+                    console.shutdown(std::net::Shutdown::Write)?;
+                }
                 continue;
             }
             let typed = &buffer[..read];

@@ -88,6 +88,7 @@ fn memory_limit(config: &VmConfig, from_api: bool) -> String {
         };
         config.memory_bytes
             + host::VMM_OVERHEAD_BYTES
+            + host::display_bytes(config.display)
             + HEADROOM_BYTES
             + helper
             + PASST_BYTES * config.nics.len() as u64

@@ -20,6 +20,13 @@ pub const VMM_OVERHEAD_BYTES: u64 = 16 << 20;
 pub const STATUS_HELPER_BYTES: u64 = 8 << 20;
 const KVM_API_VERSION: i32 = 12;
 
+/// What a display adds to vmpod's memory: the framebuffer the guest
+/// draws on, the VNC server's copy of it, and the frames two viewers have
+/// (more viewers take a frame each).
+pub fn display_bytes(display: Option<crate::spec::config::Display>) -> u64 {
+    display.map_or(0, |size| 4 * u64::from(size.width) * u64::from(size.height) * 4)
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum HostError {
     #[error("/dev/kvm does not exist: this node has no KVM, or the pod does not pass the device in. In a pod, mount /dev/kvm with a hostPath volume of type CharDevice (see manifests/), on a node with hardware virtualisation")]
