@@ -19,13 +19,15 @@ REPO = harness.REPO
 VNCDO = harness.TARGET / "venv" / "bin" / "vncdo"
 
 
-def expected_pixel(x, y):
-    """guests/display.S's pattern."""
-    if y < 192:
+def expected_pixel(x, y, height=768):
+    """The pattern guests/display.S (1024x768) and the virtio-driver guest
+    (any size) draw: four bands, the last of 64x64 squares."""
+    band = height // 4
+    if y < band:
         return (255, 0, 0)
-    if y < 384:
+    if y < 2 * band:
         return (0, 255, 0)
-    if y < 576:
+    if y < 3 * band:
         return (0, 0, 255)
     return (255, 255, 255) if (x // 64 + y // 64) % 2 else (0, 0, 0)
 
@@ -36,24 +38,24 @@ def free_port():
         return probe.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
-def display_vm(tmp_path_factory, vmpod_binary):
-    """The display guest under vmpod, and a socat relaying a TCP port to
-    its /vm/vnc; yields (run dir, port, the guest's serial output file).
-    One for the module: each test leaves the screen as it found it."""
-    tmp_path = tmp_path_factory.mktemp("display")
+def screen_vm(tmp_path, vmpod_binary, guest, devices, annotations=""):
+    """Runs `guest` under vmpod with a display and socat relaying a TCP
+    port to its /vm/vnc; yields (run dir, port, the guest's serial output
+    file) and powers the guest off with Esc at the end."""
     if not pathlib.Path("/dev/kvm").exists():
         not_here("/dev/kvm is missing")
-    for tool in ("socat",):
-        if shutil.which(tool) is None:
-            not_here(f"{tool} is not installed (scripts/test installs it)")
+    if shutil.which("socat") is None:
+        not_here("socat is not installed (scripts/test installs it)")
     subprocess.run(["sh", REPO / "guests/build.sh", tmp_path / "guests"], check=True)
+    kernel = tmp_path / "guests" / guest
+    if not kernel.exists():
+        not_here(f"the {guest} guest was not built (rustup target add x86_64-unknown-none)")
     definition = tmp_path / "screen.yaml"
     definition.write_text(
-        "apiVersion: kubevirt.io/v1\nkind: VirtualMachineInstance\nmetadata: {name: screen}\n"
-        "spec:\n  domain:\n    memory: {guest: 16Mi}\n"
-        f"    firmware: {{kernelBoot: {{container: {{kernelPath: {tmp_path}/guests/display.elf}}}}}}\n"
-        "    devices: {autoattachPodInterface: false}\n"
+        f"apiVersion: kubevirt.io/v1\nkind: VirtualMachineInstance\nmetadata: {{name: screen{annotations}}}\n"
+        "spec:\n  domain:\n    memory: {guest: 32Mi}\n"
+        f"    firmware: {{kernelBoot: {{container: {{kernelPath: {kernel}}}}}}}\n"
+        f"    devices: {{autoattachPodInterface: false{devices}}}\n"
     )
     run_dir = tmp_path / "run"
     output = tmp_path / "serial.txt"
@@ -80,6 +82,24 @@ def display_vm(tmp_path_factory, vmpod_binary):
         assert status == 0 and "panicked" not in log_text, log_text
 
 
+@pytest.fixture(scope="module")
+def display_vm(tmp_path_factory, vmpod_binary):
+    """guests/display.S on the default 1024x768 display; keys reach it
+    through the i8042 (it has no virtio-input)."""
+    yield from screen_vm(tmp_path_factory.mktemp("display"), vmpod_binary, "display.elf", "")
+
+
+@pytest.fixture(scope="module")
+def input_vm(tmp_path_factory, vmpod_binary):
+    """The virtio-driver guest on an 800x600 display (the annotation), which
+    it finds through boot_params, with a virtio tablet and keyboard."""
+    yield from screen_vm(
+        tmp_path_factory.mktemp("inputs"), vmpod_binary, "virtio-driver.bin",
+        ", inputs: [{name: tablet, type: tablet, bus: virtio}, {name: keys, type: keyboard, bus: virtio}]",
+        ", annotations: {vmpod.io/display-size: 800x600}",
+    )
+
+
 def vncdo(port, *commands):
     if not VNCDO.exists():
         not_here("vncdotool is not installed (scripts/test installs tests/requirements.txt)")
@@ -88,17 +108,39 @@ def vncdo(port, *commands):
     return result
 
 
-def test_vncdotool_through_socat_sees_the_guests_pattern_pixel_by_pixel(display_vm, tmp_path):
-    _, port, _ = display_vm
-    shot = tmp_path / "shot.png"
-    vncdo(port, "capture", str(shot))
+def check_screenshot(port, path, size):
+    vncdo(port, "capture", str(path))
     from PIL import Image
 
-    image = Image.open(shot).convert("RGB")
-    assert image.size == (1024, 768)
+    image = Image.open(path).convert("RGB")
+    assert image.size == size
     pixels = image.load()
-    wrong = [(x, y) for y in range(768) for x in range(1024) if pixels[x, y] != expected_pixel(x, y)]
+    width, height = size
+    wrong = [(x, y) for y in range(height) for x in range(width) if pixels[x, y] != expected_pixel(x, y, height)]
     assert not wrong, f"{len(wrong)} pixels differ, first at {wrong[0]}: {pixels[wrong[0]]}"
+
+
+def test_vncdotool_through_socat_sees_the_guests_pattern_pixel_by_pixel(display_vm, tmp_path):
+    _, port, _ = display_vm
+    check_screenshot(port, tmp_path / "shot.png", (1024, 768))
+
+
+def test_a_linux_boot_protocol_guest_finds_the_display_and_gets_virtio_input(input_vm, tmp_path):
+    _, port, output = input_vm
+    assert "display: 800x600, 32 bits, stride 3200 at 0xc0000000" in output.read_text()
+    check_screenshot(port, tmp_path / "shot.png", (800, 600))
+    vncdo(port, "key", "a", "move", "400", "300", "click", "1")
+    expected = [
+        "keyboard: type 1 code 30 value 1", "keyboard: type 1 code 30 value 0",
+        # (400, 300) on 800x600, scaled to the tablet's 0..32767
+        "tablet: type 3 code 0 value 16404", "tablet: type 3 code 1 value 16410",
+        "tablet: type 1 code 272 value 1", "tablet: type 1 code 272 value 0",
+    ]
+    wait_for(lambda: "code 272 value 0" in output.read_text(), "the click on the guest's console")
+    events = [line.split("virtio ", 1)[1] for line in output.read_text().splitlines() if line.startswith("input: vmpod virtio ")]
+    for event in expected:
+        assert event in events, (event, events)
+    assert events.index("keyboard: type 1 code 30 value 1") < events.index("tablet: type 1 code 272 value 1")
 
 
 def test_keys_typed_through_vnc_reach_the_guests_keyboard(display_vm):

@@ -120,7 +120,6 @@ fn run_reporting(
     };
     let changed = crate::hooks::run(&hooks, config)?;
     let config = changed.as_ref().unwrap_or(config);
-    warn_about_unbuilt_devices(config);
     let overhead = match reporter {
         Some(_) => host::VMM_OVERHEAD_BYTES + host::STATUS_HELPER_BYTES,
         None => host::VMM_OVERHEAD_BYTES,
@@ -233,25 +232,16 @@ fn run_reporting(
         },
     );
     control.stop();
-    for socket in [SERIAL_SOCKET, QMP_SOCKET, MONITOR_SOCKET, READY_SOCKET, VNC_SOCKET] {
+    for socket in [
+        SERIAL_SOCKET,
+        QMP_SOCKET,
+        MONITOR_SOCKET,
+        READY_SOCKET,
+        VNC_SOCKET,
+    ] {
         run_dir.remove_socket(socket);
     }
     Ok(outcome?)
-}
-
-/// Says which parts of the definition this vmpod cannot give the guest yet
-/// (rather than dropping them silently).
-fn warn_about_unbuilt_devices(config: &VmConfig) {
-    let mut missing: Vec<String> = Vec::new();
-    if !config.inputs.is_empty() {
-        missing.push("input devices".into());
-    }
-    if !missing.is_empty() {
-        log::warn!(
-            "this vmpod does not build input devices or a display yet: the guest will not see {}",
-            missing.join(", ")
-        );
-    }
 }
 
 /// The `control` thread serving the sockets, stopped through an eventfd.

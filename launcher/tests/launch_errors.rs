@@ -185,23 +185,23 @@ fn a_missing_initrd_is_named() {
 
 #[test]
 #[cfg_attr(not(vmpod_kvm), ignore = "needs a usable /dev/kvm")]
-fn devices_this_vmpod_cannot_build_are_named_not_dropped() {
-    let scratch = Scratch::new("unbuilt-devices");
-    let definition = scratch.definition_with("unbuilt", &guest("hello.elf"), 1, "16Mi", "", "");
+fn input_devices_are_built_and_a_usb_bus_is_noted_not_refused() {
+    let scratch = Scratch::new("input-devices");
+    let definition = scratch.definition_with("inputs", &guest("hello.elf"), 1, "16Mi", "", "");
     let text = std::fs::read_to_string(&definition).expect("read").replace(
         "devices: {autoattachPodInterface: false,",
-        "devices: {inputs: [{name: tablet, type: tablet, bus: virtio}], autoattachPodInterface: false,",
+        "devices: {inputs: [{name: tablet, type: tablet, bus: usb}, {name: keys, type: keyboard, bus: virtio}], autoattachPodInterface: false,",
     );
     std::fs::write(&definition, text).expect("write");
     let run = launch(&definition).finish(WATCHDOG);
-    assert!(
-        run.stderr.contains(
-            "does not build input devices or a display yet: the guest will not see input devices"
-        ),
-        "{}",
-        run.stderr
-    );
     assert_eq!(run.code, Some(0), "{}", run.stderr);
+    for line in [
+        "input tablet: virtio tablet",
+        "input keys: virtio keyboard",
+        "vmpod's input devices are virtio, so this usb one is a virtio device",
+    ] {
+        assert!(run.stderr.contains(line), "{line}: {}", run.stderr);
+    }
 }
 
 #[test]

@@ -13,17 +13,28 @@
 //! done
 //! ```
 //!
+//! With a display (boot_params' screen_info names an EFI framebuffer) it
+//! draws the pattern tests compare (see [`draw`]) and says
+//! `display: 1024x768, 32 bits, stride 4096 at 0xc0000000`; with
+//! virtio-input devices it then reports their events until Esc is
+//! released: `input: vmpod virtio tablet: type 3 code 0 value 16383`.
+//!
 //! vmpod enters it in 64-bit mode on identity-mapped page tables (the
 //! first 4 GiB, which hold the device window) with %rsi = boot_params.
 
 #![no_std]
 #![no_main]
 
+extern crate alloc;
+
 use core::fmt::Write;
 use core::ptr::NonNull;
 use core::sync::atomic::{AtomicUsize, Ordering};
 
+use alloc::string::String;
+use alloc::vec::Vec;
 use virtio_drivers::device::blk::VirtIOBlk;
+use virtio_drivers::device::input::VirtIOInput;
 use virtio_drivers::device::net::VirtIONetRaw;
 use virtio_drivers::device::rng::VirtIORng;
 use virtio_drivers::transport::mmio::{MmioTransport, VirtIOHeader};
@@ -129,6 +140,37 @@ struct Pool([u8; 128 * 4096]);
 static mut POOL: Pool = Pool([0; 128 * 4096]);
 static POOL_USED: AtomicUsize = AtomicUsize::new(0);
 
+/// The heap the input driver's buffers and names come from: 256 KiB,
+/// handed out in order and never returned.
+#[repr(C, align(4096))]
+struct Heap([u8; 256 * 1024]);
+static mut HEAP: Heap = Heap([0; 256 * 1024]);
+static HEAP_USED: AtomicUsize = AtomicUsize::new(0);
+
+struct Bump;
+
+// SAFETY: every allocation is a distinct, suitably aligned range of HEAP.
+unsafe impl core::alloc::GlobalAlloc for Bump {
+    unsafe fn alloc(&self, layout: core::alloc::Layout) -> *mut u8 {
+        let base = (&raw mut HEAP.0).cast::<u8>() as usize;
+        let mut start = 0;
+        let claimed = HEAP_USED.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |used| {
+            start = (base + used).next_multiple_of(layout.align()) - base;
+            let end = start + layout.size();
+            (end <= 256 * 1024).then_some(end)
+        });
+        match claimed {
+            Ok(_) => (base + start) as *mut u8,
+            Err(_) => core::ptr::null_mut(),
+        }
+    }
+
+    unsafe fn dealloc(&self, _: *mut u8, _: core::alloc::Layout) {}
+}
+
+#[global_allocator]
+static ALLOCATOR: Bump = Bump;
+
 struct IdentityHal;
 
 // SAFETY: guest memory is identity-mapped and the device sees physical
@@ -186,8 +228,88 @@ fn poweroff(boot_params: u64) -> ! {
     }
 }
 
+/// The framebuffer boot_params' screen_info announces, if any:
+/// (base, width, height, stride).
+fn screen(boot_params: u64) -> Option<(u64, usize, usize, usize)> {
+    if boot_params == 0 {
+        return None;
+    }
+    let at = |offset: u64| boot_params + offset;
+    // SAFETY: screen_info, the first 0x40 bytes of boot_params, which
+    // vmpod wrote and which is identity-mapped.
+    unsafe {
+        if *(at(0x0f) as *const u8) != 0x70 {
+            return None; // not VIDEO_TYPE_EFI
+        }
+        let width = usize::from(core::ptr::read_unaligned(at(0x12) as *const u16));
+        let height = usize::from(core::ptr::read_unaligned(at(0x14) as *const u16));
+        let depth = core::ptr::read_unaligned(at(0x16) as *const u16);
+        let low = core::ptr::read_unaligned(at(0x18) as *const u32);
+        let stride = usize::from(core::ptr::read_unaligned(at(0x24) as *const u16));
+        let high = core::ptr::read_unaligned(at(0x3a) as *const u32);
+        let base = u64::from(high) << 32 | u64::from(low);
+        say!("display: {width}x{height}, {depth} bits, stride {stride} at {base:#x}");
+        (depth == 32).then_some((base, width, height, stride))
+    }
+}
+
+/// Stores `value` in `count` pixels from `address` (rep stosd: one
+/// instruction, however many pixels, even through an emulator).
+fn fill(address: u64, count: usize, value: u32) {
+    // SAFETY: the caller's range lies inside the framebuffer.
+    unsafe {
+        core::arch::asm!("rep stosd", inout("rdi") address => _, inout("rcx") count => _, in("eax") value, options(nostack));
+    }
+}
+
+/// The pattern tests compare: four bands of height/4 rows, red, green,
+/// blue, then 64x64 squares, white where (x/64 + y/64) is odd.
+fn draw((base, width, height, stride): (u64, usize, usize, usize)) {
+    let band = height / 4;
+    for y in 0..height {
+        let row = base + (y * stride) as u64;
+        match y / band.max(1) {
+            0 => fill(row, width, 0xff0000),
+            1 => fill(row, width, 0x00ff00),
+            2 => fill(row, width, 0x0000ff),
+            _ => {
+                for x in (0..width).step_by(64) {
+                    let white = (x / 64 + y / 64) % 2 == 1;
+                    fill(row + (x * 4) as u64, 64.min(width - x), if white { 0xffffff } else { 0 });
+                }
+            }
+        }
+    }
+    say!("display: drew the pattern");
+}
+
+type Input = VirtIOInput<IdentityHal, MmioTransport<'static>>;
+
+/// Reports the input devices' events until Esc is released.
+fn report_input(mut inputs: Vec<(String, Input)>) {
+    say!("input: waiting for events (Esc ends)");
+    loop {
+        for (name, input) in &mut inputs {
+            while let Some(event) = input.pop_pending_event() {
+                if event.event_type == 0 {
+                    continue; // SYN_REPORT
+                }
+                say!("input: {name}: type {} code {} value {}", event.event_type, event.code, event.value as i32);
+                if event.event_type == 1 && event.code == 1 && event.value == 0 {
+                    return;
+                }
+            }
+        }
+        core::hint::spin_loop();
+    }
+}
+
 #[no_mangle]
 extern "C" fn guest_main(boot_params: u64) -> ! {
+    if let Some(screen) = screen(boot_params) {
+        draw(screen);
+    }
+    let mut inputs = Vec::new();
     for index in 0..MAX_DEVICES {
         let base = DEVICE_WINDOW + index * WINDOW_SIZE;
         // SAFETY: the device window is identity-mapped; a read where no
@@ -210,8 +332,19 @@ extern "C" fn guest_main(boot_params: u64) -> ! {
             DeviceType::Block => block(transport),
             DeviceType::EntropySource => entropy(transport),
             DeviceType::Network => network(transport),
+            DeviceType::Input => match Input::new(transport) {
+                Ok(mut input) => {
+                    let name = input.name().unwrap_or_else(|_| String::from("(no name)"));
+                    say!("input: {name}");
+                    inputs.push((name, input));
+                }
+                Err(error) => say!("input: {error:?}"),
+            },
             _ => {}
         }
+    }
+    if !inputs.is_empty() {
+        report_input(inputs);
     }
     say!("done");
     poweroff(boot_params)

@@ -389,11 +389,16 @@ fn read_input(field: &Field, diag: &mut Diagnostics) -> Option<Input> {
             }
         });
     if let Some(bus) = input.field("bus") {
-        if bus.string(diag).is_some_and(|b| b != "virtio") {
-            diag.problem(
+        match bus.string(diag).as_deref() {
+            Some("virtio") | None => {}
+            Some(other @ ("usb" | "ps2")) => diag.ignore(
                 &bus.path,
-                "not supported by vmpod (its input devices are virtio: set bus: virtio)",
-            );
+                format!("vmpod's input devices are virtio, so this {other} one is a virtio device (Linux has the driver, Windows needs virtio-win's vioinput)"),
+            ),
+            Some(other) => diag.problem(
+                &bus.path,
+                format!("{} is not an input bus (virtio, usb or ps2)", quote(other)),
+            ),
         }
     }
     input.finish(diag);

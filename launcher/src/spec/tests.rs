@@ -394,3 +394,41 @@ fn alias_bombs_are_refused() {
     }
     assert!(parse_documents(bomb.as_bytes()).is_err());
 }
+
+#[test]
+fn displays_take_their_size_from_the_annotation_and_inputs_any_bus_but_nonsense() {
+    let sized = MINIMAL.replace(
+        "metadata: {name: tiny}",
+        "metadata: {name: tiny, annotations: {vmpod.io/display-size: 1280x720}}",
+    );
+    let display = config(&sized).display.expect("a display");
+    assert_eq!((display.width, display.height), (1280, 720));
+    let off = MINIMAL.to_owned() + "    devices: {autoattachGraphicsDevice: false}\n";
+    assert_eq!(config(&off).display, None);
+    let huge = MINIMAL.replace(
+        "metadata: {name: tiny}",
+        "metadata: {name: tiny, annotations: {vmpod.io/display-size: 9000x9000}}",
+    );
+    assert_eq!(
+        problems(&huge),
+        ["metadata.annotations[\"vmpod.io/display-size\"]: 9000x9000 is outside the display sizes vmpod offers (320x200 to 3840x2160)"]
+    );
+    let usb = MINIMAL.to_owned()
+        + "    devices: {inputs: [{name: t, type: tablet, bus: usb}, {name: k, type: keyboard}]}\n";
+    let valid = only_definition(&usb).expect("usb is accepted");
+    assert_eq!(valid.config.inputs.len(), 2);
+    assert!(
+        valid
+            .ignored
+            .iter()
+            .any(|note| note.reason.contains("this usb one is a virtio device")),
+        "{:?}",
+        valid.ignored
+    );
+    let bogus =
+        MINIMAL.to_owned() + "    devices: {inputs: [{name: t, type: tablet, bus: serial}]}\n";
+    assert_eq!(
+        problems(&bogus),
+        ["spec.domain.devices.inputs[0].bus: \"serial\" is not an input bus (virtio, usb or ps2)"]
+    );
+}

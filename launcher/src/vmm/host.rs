@@ -24,7 +24,9 @@ const KVM_API_VERSION: i32 = 12;
 /// draws on, the VNC server's copy of it, and the frames two viewers have
 /// (more viewers take a frame each).
 pub fn display_bytes(display: Option<crate::spec::config::Display>) -> u64 {
-    display.map_or(0, |size| 4 * u64::from(size.width) * u64::from(size.height) * 4)
+    display.map_or(0, |size| {
+        4 * u64::from(size.width) * u64::from(size.height) * 4
+    })
 }
 
 #[derive(Debug, thiserror::Error)]

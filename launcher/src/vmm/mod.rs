@@ -164,6 +164,10 @@ struct Vmm<'a> {
     /// The disk booted from, when the kernel comes from a disk.
     boot_disk: Option<crate::images::Shared>,
     display: Option<Arc<Framebuffer>>,
+    /// The virtio keyboards and tablets.
+    inputs: Vec<virtio::InputSlot>,
+    /// The pointer buttons down now.
+    buttons: u8,
     /// Whether pointer events without a tablet were mentioned.
     pointer_unrouted: bool,
 }
@@ -176,7 +180,11 @@ pub fn run(kvm: &Kvm, config: &VmConfig, io: VmmIo) -> Result<Outcome, VmmError>
         .map_err(io_error("create the console output buffer"))?;
     let writer = console::ConsoleWriter::new(output.clone(), io.console_tee);
     let mut platform = platform::build(&io.command_sender, Box::new(writer))?;
-    let (virtio_slots, boot_disk) = virtio::add_devices(
+    let virtio::Added {
+        slots: virtio_slots,
+        boot_disk,
+        inputs,
+    } = virtio::add_devices(
         config,
         &io.scratch_dir,
         &io.block_devices,
@@ -209,6 +217,8 @@ pub fn run(kvm: &Kvm, config: &VmConfig, io: VmmIo) -> Result<Outcome, VmmError>
         status: io.status,
         boot_disk,
         display: io.display,
+        inputs,
+        buttons: 0,
         pointer_unrouted: false,
     };
     let outcome = vmm.run_boots();
@@ -327,9 +337,46 @@ impl Vmm<'_> {
         unreachable!("boot numbers do not run out")
     }
 
-    /// Moves the pointer on the VM's tablet; without one it goes nowhere
-    /// (said once).
+    /// Keys go to a virtio keyboard whose driver runs, else to the PS/2
+    /// keyboard (early boot, guests without virtio-input): never both, or
+    /// the guest would see each key twice.
+    fn press(&mut self, keys: &[crate::api::KeyEvent]) {
+        use crate::devices::virtio::input::{key_events, InputKind};
+        let keyboard = self
+            .inputs
+            .iter()
+            .find(|input| input.handle.kind == InputKind::Keyboard && input.handle.is_active());
+        match keyboard {
+            Some(keyboard) => keyboard.send(key_events(keys)),
+            None => self
+                .platform
+                .i8042
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .press(keys),
+        }
+    }
+
+    /// Moves the pointer on the VM's tablet; without one whose driver
+    /// runs, it goes nowhere (said once).
     fn point(&mut self, pointer: crate::api::display::PointerEvent) {
+        use crate::devices::virtio::input::{pointer_events, InputKind};
+        let tablet = self
+            .inputs
+            .iter()
+            .find(|input| input.handle.kind == InputKind::Tablet && input.handle.is_active());
+        if let Some(tablet) = tablet {
+            tablet.send(pointer_events(self.buttons, pointer));
+            self.buttons = pointer.buttons;
+            return;
+        }
+        if self
+            .inputs
+            .iter()
+            .any(|input| input.handle.kind == InputKind::Tablet)
+        {
+            return; // its driver is not running (yet)
+        }
         if !self.pointer_unrouted {
             self.pointer_unrouted = true;
             log::info!("the VM has no tablet, so pointer events (first {pointer:?}) go nowhere; add inputs: [{{name: tablet, type: tablet, bus: virtio}}] to its devices");
@@ -382,14 +429,7 @@ impl Vmm<'_> {
                 }
                 self.lifecycle.send(Timed::now(Event::Powerdown));
             }
-            Command::Keys(keys) => {
-                let mut i8042 = self
-                    .platform
-                    .i8042
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner());
-                i8042.press(&keys);
-            }
+            Command::Keys(keys) => self.press(&keys),
             Command::Pointer(pointer) => self.point(pointer),
             Command::Reset => return Some(Ending::Reset("a system_reset command")),
             Command::Quit => return Some(Ending::Quit),

@@ -21,6 +21,30 @@ use crate::devices::virtio::mmio::{MmioTransport, QUEUE_NOTIFY, WINDOW_SIZE};
 use crate::devices::virtio::{BackendEvent, VirtioDevice};
 use crate::spec::VmConfig;
 
+/// An input device the VMM sends keys or pointer moves to.
+pub struct InputSlot {
+    pub handle: crate::devices::virtio::input::InputHandle,
+    pub transport: Arc<Mutex<MmioTransport>>,
+}
+
+impl InputSlot {
+    /// Queues `events` and lets the device hand them to its driver.
+    pub fn send(&self, events: Vec<crate::devices::virtio::input::InputEvent>) {
+        self.handle.queue(events);
+        self.transport
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .notify(0);
+    }
+}
+
+/// What the definition's devices became.
+pub(super) struct Added {
+    pub slots: Vec<VirtioSlot>,
+    pub boot_disk: Option<crate::images::Shared>,
+    pub inputs: Vec<InputSlot>,
+}
+
 /// A virtio device on its transport, and what wakes it.
 pub struct VirtioSlot {
     pub transport: Arc<Mutex<MmioTransport>>,
@@ -156,7 +180,7 @@ pub(super) fn add_devices(
     events: &EventSender,
     devices: &mut DeviceManager,
     memory: &Arc<GuestMemoryMmap>,
-) -> Result<(Vec<VirtioSlot>, Option<crate::images::Shared>), VmmError> {
+) -> Result<Added, VmmError> {
     let mut slots = Vec::new();
     let mut attached = Vec::new();
     let mut boot_disk = None;
@@ -229,5 +253,26 @@ pub(super) fn add_devices(
         let rng = Box::new(crate::devices::virtio::rng::Rng::default());
         slots.push(add(devices, slots.len() as u8, "virtio-rng", rng, memory)?);
     }
-    Ok((slots, boot_disk))
+    let mut inputs = Vec::new();
+    for input in &config.inputs {
+        use crate::devices::virtio::input::{Input, InputKind};
+        let (kind, what) = match input.kind {
+            crate::spec::config::InputKind::Keyboard => (InputKind::Keyboard, "keyboard"),
+            crate::spec::config::InputKind::Tablet => (InputKind::Tablet, "tablet"),
+        };
+        let (device, handle) = Input::new(kind, &format!("vmpod virtio {what}"));
+        log::info!("input {}: virtio {what}", input.name);
+        let name = format!("virtio-input {}", input.name);
+        let slot = add(devices, slots.len() as u8, &name, Box::new(device), memory)?;
+        inputs.push(InputSlot {
+            handle,
+            transport: slot.transport.clone(),
+        });
+        slots.push(slot);
+    }
+    Ok(Added {
+        slots,
+        boot_disk,
+        inputs,
+    })
 }

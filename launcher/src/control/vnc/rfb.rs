@@ -137,10 +137,10 @@ impl PixelFormat {
     /// An XRGB pixel as this format's pixel value.
     pub fn convert(&self, xrgb: u32) -> u32 {
         let channel = |value: u32, max: u16, shift: u8| -> u32 {
-            (value * u32::from(max) + 127) / 255 << shift
+            ((value * u32::from(max) + 127) / 255) << shift
         };
-        channel(xrgb >> 16 & 0xff, self.red_max, self.red_shift)
-            | channel(xrgb >> 8 & 0xff, self.green_max, self.green_shift)
+        channel((xrgb >> 16) & 0xff, self.red_max, self.red_shift)
+            | channel((xrgb >> 8) & 0xff, self.green_max, self.green_shift)
             | channel(xrgb & 0xff, self.blue_max, self.blue_shift)
     }
 

@@ -12,6 +12,7 @@
 //! mutex.
 
 pub mod block;
+pub mod input;
 pub mod mmio;
 pub mod net;
 pub mod rng;
