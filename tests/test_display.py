@@ -153,3 +153,37 @@ def test_keys_typed_through_vnc_reach_the_guests_keyboard(display_vm):
 
 def scancodes(output):
     return [line.split()[-1][-2:] for line in output.read_text().splitlines() if line.startswith("scancode ")]
+
+
+def test_qmp_screendump_and_input_send_event_use_the_same_screen_and_devices(input_vm, tmp_path):
+    """QEMU's own client library: screendump as PNG is the pattern; abs and
+    btn events from input-send-event reach the guest's tablet."""
+    import asyncio
+
+    from PIL import Image
+    from qemu.qmp import QMPClient
+
+    run_dir, _, output = input_vm
+    shot = tmp_path / "dump.png"
+
+    async def scenario():
+        client = QMPClient("display-test")
+        await client.connect(str(run_dir / "qmp.sock"))
+        await client.execute("screendump", {"filename": str(shot), "format": "png"})
+        await client.execute("input-send-event", {"events": [
+            {"type": "abs", "data": {"axis": "x", "value": 1000}},
+            {"type": "abs", "data": {"axis": "y", "value": 2000}},
+            {"type": "btn", "data": {"down": True, "button": "right"}},
+            {"type": "btn", "data": {"down": False, "button": "right"}},
+        ]})
+        await client.disconnect()
+
+    asyncio.run(asyncio.wait_for(scenario(), 60))
+    image = Image.open(shot).convert("RGB")
+    assert image.size == (800, 600)
+    pixels = image.load()
+    assert all(pixels[x, y] == expected_pixel(x, y, 600) for y in range(0, 600, 7) for x in range(0, 800, 5))
+    wait_for(lambda: "code 273 value 0" in output.read_text(), "the right click on the guest's console")
+    text = output.read_text()
+    for event in ["tablet: type 3 code 0 value 1000", "tablet: type 3 code 1 value 2000", "tablet: type 1 code 273 value 1"]:
+        assert event in text, text

@@ -190,6 +190,7 @@ fn run_reporting(
         block_devices: block_devices.clone(),
         observer: reporter.as_ref().map(StatusLink::observer),
         display: display.clone(),
+        pointer: Default::default(),
     };
     let control_loop = ControlLoop::new(
         epoll,

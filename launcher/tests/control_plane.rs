@@ -78,6 +78,7 @@ impl ControlPlane {
             commands: command_sender,
             block_devices: Default::default(),
             display: Some(display.clone()),
+            pointer: Default::default(),
         };
         let mut control = ControlLoop::new(epoll, serial, hub, listeners, event_receiver, vm, None)
             .expect("loop");

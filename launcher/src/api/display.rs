@@ -106,7 +106,7 @@ impl Framebuffer {
 /// The pointer: where it is, scaled to 0..=[`POINTER_MAX`] on both axes
 /// (an absolute device, so it lines up with the viewer's), and which
 /// buttons are down (bit 0 left, 1 middle, 2 right, 3/4 wheel up/down).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct PointerEvent {
     pub x: u16,
     pub y: u16,

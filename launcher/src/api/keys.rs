@@ -149,6 +149,16 @@ impl Key {
         KEYS.iter().find(|key| key.keysym == unshifted).copied()
     }
 
+    /// The key QEMU's key numbers ("qnum": the set-1 make code, plus
+    /// 0x80 for keys with the 0xE0 prefix) name.
+    pub fn by_qnum(number: u64) -> Option<Key> {
+        let extended = number & 0x80 != 0;
+        let scancode = u8::try_from(number & !0x80).ok()?;
+        KEYS.iter()
+            .find(|key| key.scancode == scancode && key.extended == extended)
+            .copied()
+    }
+
     /// Set-1 bytes for this key going down or up.
     pub fn set1_bytes(self, pressed: bool) -> Vec<u8> {
         let code = if pressed {

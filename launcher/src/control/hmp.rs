@@ -11,6 +11,7 @@ cont                 resume the VM
 help                 this list
 info status|version|name|uuid|cpus|block
 quit                 stop the VM and end vmpod (exit 0)
+screendump FILE      write the screen to FILE (PNG when it ends in .png, else PPM)
 sendkey KEYS         press keys together, e.g. sendkey ctrl-alt-delete
 stop                 pause the VM
 system_powerdown     press the ACPI power button
@@ -62,6 +63,18 @@ pub fn run(line: &str, vm: &VmControl) -> Reply {
             let qcodes: Vec<&str> = keys.split('-').collect();
             now(vm
                 .send_keys(&qcodes)
+                .err()
+                .map(|e| e + "\n")
+                .unwrap_or_default())
+        }
+        ["screendump", path] => {
+            let format = if path.to_ascii_lowercase().ends_with(".png") {
+                super::screendump::Format::Png
+            } else {
+                super::screendump::Format::Ppm
+            };
+            now(vm
+                .screendump(path, format)
                 .err()
                 .map(|e| e + "\n")
                 .unwrap_or_default())

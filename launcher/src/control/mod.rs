@@ -10,6 +10,7 @@ pub mod outbox;
 pub mod qmp;
 pub mod qmp_commands;
 pub mod rundir;
+pub mod screendump;
 pub mod serial;
 pub mod vnc;
 
@@ -38,6 +39,22 @@ pub struct VmControl {
     pub observer: Option<crate::api::Observer>,
     /// The VM's screen, when it has one.
     pub display: Option<Arc<crate::api::display::Framebuffer>>,
+    /// Where QMP's `input-send-event` left the pointer.
+    pub pointer: std::sync::Mutex<crate::api::display::PointerEvent>,
+}
+
+/// One change QMP `input-send-event` asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InputChange {
+    Key(crate::api::KeyEvent),
+    /// A pointer button (bit as in [`crate::api::display::PointerEvent`]).
+    Button {
+        bit: u8,
+        down: bool,
+    },
+    /// An absolute position, 0..=0x7fff.
+    X(u16),
+    Y(u16),
 }
 
 /// A command's answer: now, or once the VM has reached a status.
@@ -95,6 +112,55 @@ impl VmControl {
     pub fn send_keys(&self, qcodes: &[&str]) -> Result<(), String> {
         self.ask(Command::Keys(keys::chord(qcodes)?));
         Ok(())
+    }
+
+    /// Writes the screen to `path` (QMP and HMP `screendump`).
+    pub fn screendump(&self, path: &str, format: screendump::Format) -> Result<(), String> {
+        let display = self
+            .display
+            .as_ref()
+            .ok_or("the VM has no display (its definition sets autoattachGraphicsDevice: false)")?;
+        screendump::write(display, path, format)
+    }
+
+    /// Keys and pointer changes in order, as QMP `input-send-event`
+    /// describes them; the pointer keeps its place between calls.
+    pub fn send_input(&self, events: Vec<InputChange>) {
+        let mut pointer = self.pointer.lock().unwrap_or_else(|p| p.into_inner());
+        let mut moved = false;
+        for event in events {
+            match event {
+                InputChange::Key(key) => {
+                    if moved {
+                        self.ask(Command::Pointer(*pointer));
+                        moved = false;
+                    }
+                    self.ask(Command::Keys(vec![key]));
+                }
+                InputChange::Button { bit, down } => {
+                    // Each press and release is its own event, so that a
+                    // click in one call is still a click.
+                    if down {
+                        pointer.buttons |= bit;
+                    } else {
+                        pointer.buttons &= !bit;
+                    }
+                    self.ask(Command::Pointer(*pointer));
+                    moved = false;
+                }
+                InputChange::X(x) => {
+                    pointer.x = x;
+                    moved = true;
+                }
+                InputChange::Y(y) => {
+                    pointer.y = y;
+                    moved = true;
+                }
+            }
+        }
+        if moved {
+            self.ask(Command::Pointer(*pointer));
+        }
     }
 
     /// `query-block`: one entry per disk, in QEMU's shape.

@@ -26,6 +26,8 @@ pub const COMMANDS: &[&str] = &[
     "quit",
     "human-monitor-command",
     "send-key",
+    "input-send-event",
+    "screendump",
 ];
 
 /// A QEMU error class and description.
@@ -81,6 +83,8 @@ pub fn run(
     match command {
         "human-monitor-command" => human_monitor_command(arguments, vm),
         "send-key" => send_key(arguments, vm),
+        "input-send-event" => input_send_event(arguments, vm),
+        "screendump" => screendump(arguments, vm),
         _ if COMMANDS.contains(&command) => {
             no_arguments(command, arguments)?;
             query_or_act(command, vm)
@@ -166,6 +170,102 @@ fn human_monitor_command(
         value: Value::String(reply.text),
         wait: reply.wait,
     })
+}
+
+/// `screendump`: `{"filename": PATH, "format": "ppm"|"png"}` (`device`
+/// and `head` name the one display there is).
+fn screendump(arguments: &Map<String, Value>, vm: &VmControl) -> Result<Answer, Failure> {
+    if let Some(name) = arguments
+        .keys()
+        .find(|k| !["filename", "format", "device", "head"].contains(&k.as_str()))
+    {
+        return Err(generic(format!("Parameter '{name}' is unexpected")));
+    }
+    let Some(Value::String(path)) = arguments.get("filename") else {
+        return Err(generic("Parameter 'filename' is missing or not a string"));
+    };
+    let format = match arguments.get("format") {
+        None => super::screendump::Format::Ppm,
+        Some(Value::String(name)) => super::screendump::Format::from_qmp(name).map_err(generic)?,
+        Some(_) => {
+            return Err(generic(
+                "Invalid parameter type for 'format', expected: string",
+            ))
+        }
+    };
+    if let Some(head) = arguments.get("head") {
+        if head.as_u64() != Some(0) {
+            return Err(generic(format!(
+                "the VM's display has only head 0, not {head}"
+            )));
+        }
+    }
+    vm.screendump(path, format).map_err(generic)?;
+    now(json!({}))
+}
+
+/// `input-send-event`: `{"events": [{"type": "key"|"btn"|"abs", "data": …}]}`
+/// as QEMU defines them; `rel` events need a relative pointer, which a
+/// tablet is not.
+fn input_send_event(arguments: &Map<String, Value>, vm: &VmControl) -> Result<Answer, Failure> {
+    use super::InputChange;
+    if let Some(name) = arguments
+        .keys()
+        .find(|k| !["events", "device", "head"].contains(&k.as_str()))
+    {
+        return Err(generic(format!("Parameter '{name}' is unexpected")));
+    }
+    let Some(Value::Array(events)) = arguments.get("events") else {
+        return Err(generic("Parameter 'events' is missing or not a list"));
+    };
+    let mut changes = Vec::with_capacity(events.len());
+    for event in events {
+        let data = &event["data"];
+        let down = data["down"].as_bool();
+        let change = match (event["type"].as_str(), down) {
+            (Some("key"), Some(down)) => {
+                let key = match (data["key"]["type"].as_str(), &data["key"]["data"]) {
+                    (Some("qcode"), Value::String(qcode)) => crate::api::keys::Key::by_qcode(qcode)
+                        .ok_or_else(|| generic(format!("'{qcode}' is not a key vmpod knows")))?,
+                    (Some("number"), Value::Number(number)) => number
+                        .as_u64()
+                        .and_then(crate::api::keys::Key::by_qnum)
+                        .ok_or_else(|| generic(format!("key number {number} is not a key vmpod knows")))?,
+                    _ => return Err(generic("a key event's key must be {\"type\": \"qcode\"|\"number\", \"data\": …}")),
+                };
+                InputChange::Key(crate::api::KeyEvent { key, pressed: down })
+            }
+            (Some("btn"), Some(down)) => {
+                let bit = match data["button"].as_str() {
+                    Some("left") => 1 << 0,
+                    Some("middle") => 1 << 1,
+                    Some("right") => 1 << 2,
+                    Some("wheel-up") => 1 << 3,
+                    Some("wheel-down") => 1 << 4,
+                    other => return Err(generic(format!("{other:?} is not a button vmpod's tablet has (left, middle, right, wheel-up, wheel-down)"))),
+                };
+                InputChange::Button { bit, down }
+            }
+            (Some("abs"), _) => {
+                let value = data["value"]
+                    .as_u64()
+                    .filter(|value| *value <= u64::from(crate::api::display::POINTER_MAX))
+                    .ok_or_else(|| generic("an abs event's value must be 0..32767"))? as u16;
+                match data["axis"].as_str() {
+                    Some("x") => InputChange::X(value),
+                    Some("y") => InputChange::Y(value),
+                    other => return Err(generic(format!("{other:?} is not an axis (x or y)"))),
+                }
+            }
+            (Some("rel"), _) => {
+                return Err(generic("rel events need a relative pointer; vmpod's is an absolute tablet (use abs)"))
+            }
+            _ => return Err(generic("each event must be {\"type\": \"key\"|\"btn\"|\"abs\", \"data\": …} with the fields QEMU defines")),
+        };
+        changes.push(change);
+    }
+    vm.send_input(changes);
+    now(json!({}))
 }
 
 /// `send-key`: `{"keys": [{"type": "qcode", "data": "ctrl"}, …], "hold-time": ms}`.

@@ -26,6 +26,7 @@ fn session() -> Session {
     let vm = VmControl {
         observer: None,
         display: None,
+        pointer: Default::default(),
         name: "codec".into(),
         uuid: "00000000-0000-0000-0000-000000000001".into(),
         topology: CpuTopology {
@@ -314,4 +315,134 @@ fn query_block_lists_the_attached_disks_in_qemus_shape() {
             json!({"return": "data: /vm/volumes/data/disk.img (raw, read-only, 1073741824 bytes)\r\n"})
         ]
     );
+}
+
+#[test]
+fn input_send_event_moves_the_pointer_and_presses_keys_in_order() {
+    let mut session = Session::negotiated();
+    session.send(
+        br#"{"execute":"input-send-event","arguments":{"events":[
+        {"type":"abs","data":{"axis":"x","value":100}},
+        {"type":"abs","data":{"axis":"y","value":200}},
+        {"type":"btn","data":{"down":true,"button":"left"}},
+        {"type":"key","data":{"down":true,"key":{"type":"qcode","data":"a"}}},
+        {"type":"key","data":{"down":false,"key":{"type":"number","data":211}}}]}}"#,
+    );
+    assert_eq!(session.replies(), [json!({"return": {}})]);
+    let described: Vec<String> = session
+        .commands
+        .drain()
+        .iter()
+        .map(|command| match command {
+            Command::Pointer(p) => format!("pointer {} {} {}", p.x, p.y, p.buttons),
+            Command::Keys(keys) => format!("{} {}", keys[0].key.qcode, keys[0].pressed),
+            other => format!("{other:?}"),
+        })
+        .collect();
+    assert_eq!(described, ["pointer 100 200 1", "a true", "delete false"]);
+    // The pointer keeps its place: a button alone comes where it was.
+    session.send(br#"{"execute":"input-send-event","arguments":{"events":[{"type":"btn","data":{"down":false,"button":"left"}}]}}"#);
+    session.replies();
+    let [Command::Pointer(pointer)] = &session.commands.drain()[..] else {
+        panic!("one pointer event");
+    };
+    assert_eq!((pointer.x, pointer.y, pointer.buttons), (100, 200, 0));
+    for (events, error) in [
+        (
+            r#"[{"type":"rel","data":{"axis":"x","value":5}}]"#,
+            "absolute tablet",
+        ),
+        (
+            r#"[{"type":"btn","data":{"down":true,"button":"side"}}]"#,
+            "not a button",
+        ),
+        (
+            r#"[{"type":"abs","data":{"axis":"x","value":40000}}]"#,
+            "0..32767",
+        ),
+        (
+            r#"[{"type":"key","data":{"down":true,"key":{"type":"qcode","data":"hyper"}}}]"#,
+            "not a key",
+        ),
+        (r#"[{"type":"wiggle"}]"#, "each event must be"),
+    ] {
+        let line = format!(r#"{{"execute":"input-send-event","arguments":{{"events":{events}}}}}"#);
+        session.send(line.as_bytes());
+        let reply = &session.replies()[0];
+        let desc = reply["error"]["desc"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
+        assert!(desc.contains(error), "{events}: {reply}");
+    }
+    assert!(
+        session.commands.drain().is_empty(),
+        "a bad list sends nothing"
+    );
+}
+
+#[test]
+fn screendump_writes_ppm_or_png_and_says_when_there_is_no_display() {
+    let mut session = Session::negotiated();
+    session.send(br#"{"execute":"screendump","arguments":{"filename":"/tmp/never.ppm"}}"#);
+    let reply = &session.replies()[0];
+    assert!(
+        reply["error"]["desc"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("has no display"),
+        "{reply}"
+    );
+    let size = crate::api::display::DisplaySize {
+        width: 320,
+        height: 200,
+    };
+    let display =
+        std::sync::Arc::new(crate::api::display::Framebuffer::new(size).expect("framebuffer"));
+    display.draw(&[0x00ff_8000; 320 * 200]);
+    session.vm.display = Some(display);
+    let dir = std::env::temp_dir().join(format!("vmpod-screendump-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let ppm = dir.join("screen.ppm");
+    let png = dir.join("screen.png");
+    let line = format!(
+        r#"{{"execute":"screendump","arguments":{{"filename":"{}"}}}}"#,
+        ppm.display()
+    );
+    session.send(line.as_bytes());
+    assert_eq!(session.replies(), [json!({"return": {}})]);
+    let image = std::fs::read(&ppm).expect("written");
+    assert!(image.starts_with(b"P6\n320 200\n255\n\xff\x80\x00"));
+    assert_eq!(image.len(), 15 + 320 * 200 * 3);
+    let line = format!(
+        r#"{{"execute":"screendump","arguments":{{"filename":"{}","format":"png"}}}}"#,
+        png.display()
+    );
+    session.send(line.as_bytes());
+    assert_eq!(session.replies(), [json!({"return": {}})]);
+    assert!(std::fs::read(&png)
+        .expect("written")
+        .starts_with(b"\x89PNG"));
+    let monitor = crate::control::hmp::run(
+        &format!("screendump {}/monitor.png", dir.display()),
+        &session.vm,
+    );
+    assert_eq!(monitor.text, "");
+    assert!(std::fs::read(dir.join("monitor.png"))
+        .expect("written")
+        .starts_with(b"\x89PNG"));
+    let failed = crate::control::hmp::run("screendump /nonexistent/dir/x.ppm", &session.vm);
+    assert!(
+        failed
+            .text
+            .starts_with("Could not open '/nonexistent/dir/x.ppm'"),
+        "{}",
+        failed.text
+    );
+    session.send(br#"{"execute":"screendump","arguments":{"filename":"x","format":"bmp"}}"#);
+    assert!(session.replies()[0]["error"]["desc"]
+        .as_str()
+        .unwrap_or_default()
+        .contains("'bmp'"));
+    std::fs::remove_dir_all(&dir).ok();
 }
