@@ -5,6 +5,7 @@ the screenshot must be the pattern pixel by pixel, and keys typed through
 VNC must reach the guest's keyboard."""
 
 import pathlib
+import sys
 import shutil
 import socket
 import subprocess
@@ -187,3 +188,197 @@ def test_qmp_screendump_and_input_send_event_use_the_same_screen_and_devices(inp
     text = output.read_text()
     for event in ["tablet: type 3 code 0 value 1000", "tablet: type 3 code 1 value 2000", "tablet: type 1 code 273 value 1"]:
         assert event in text, text
+
+
+class WebSocket:
+    """A minimal RFC 6455 client: masked frames out, binary frames in."""
+
+    def __init__(self, port, path="/", protocols=("plain.kubevirt.io",), headers=""):
+        import base64
+        import os
+
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=30)
+        key = base64.b64encode(os.urandom(16)).decode()
+        offered = f"Sec-WebSocket-Protocol: {', '.join(protocols)}\r\n" if protocols else ""
+        self.sock.sendall((f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                           f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n{offered}{headers}\r\n").encode())
+        self.buffer = b""
+        while b"\r\n\r\n" not in self.buffer:
+            chunk = self.sock.recv(4096)
+            if not chunk:
+                break
+            self.buffer += chunk
+        head, _, self.buffer = self.buffer.partition(b"\r\n\r\n")
+        self.head = head.decode()
+        self.data = b""
+
+    def send(self, payload, opcode=2):
+        import os
+
+        mask = os.urandom(4)
+        length = len(payload)
+        head = bytes([0x80 | opcode]) + (bytes([0x80 | length]) if length < 126 else bytes([0xfe]) + length.to_bytes(2, "big"))
+        self.sock.sendall(head + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload)))
+
+    def _frame(self):
+        while True:
+            if len(self.buffer) >= 2:
+                length, at = self.buffer[1] & 0x7f, 2
+                if length == 126:
+                    length, at = int.from_bytes(self.buffer[2:4], "big"), 4
+                elif length == 127:
+                    length, at = int.from_bytes(self.buffer[2:10], "big"), 10
+                if len(self.buffer) >= at + length:
+                    assert self.buffer[1] & 0x80 == 0, "server frames are not masked"
+                    opcode, payload = self.buffer[0] & 0x0f, self.buffer[at:at + length]
+                    self.buffer = self.buffer[at + length:]
+                    return opcode, payload
+            chunk = self.sock.recv(65536)
+            assert chunk, "the server closed the WebSocket"
+            self.buffer += chunk
+
+    def read(self, count):
+        while len(self.data) < count:
+            opcode, payload = self._frame()
+            assert opcode == 2, f"a binary frame, not opcode {opcode}"
+            self.data += payload
+        taken, self.data = self.data[:count], self.data[count:]
+        return taken
+
+
+@pytest.fixture
+def websocket_server(display_vm, vmpod_binary):
+    run_dir, _, _ = display_vm
+    port = free_port()
+    server = subprocess.Popen([vmpod_binary, "vnc", "--run-dir", run_dir, "--websocket", f"127.0.0.1:{port}"],
+                              stderr=subprocess.PIPE, text=True)
+    wait_for(lambda: port_open(port), "the WebSocket listener")
+    yield port
+    server.terminate()
+    server.wait(timeout=10)
+
+
+def port_open(port):
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=1).close()
+        return True
+    except OSError:
+        return False
+
+
+def test_rfb_over_websocket_at_kubevirts_subresource_path(websocket_server):
+    ws = WebSocket(websocket_server, "/apis/subresources.kubevirt.io/v1/namespaces/default/virtualmachineinstances/screen/vnc")
+    assert ws.head.startswith("HTTP/1.1 101"), ws.head
+    assert "Sec-WebSocket-Protocol: plain.kubevirt.io" in ws.head
+    assert ws.read(12) == b"RFB 003.008\n"
+    ws.send(b"RFB 003.008\n")
+    assert ws.read(2) == b"\x01\x01"
+    ws.send(b"\x01")
+    assert ws.read(4) == b"\x00\x00\x00\x00"
+    ws.send(b"\x01")
+    init = ws.read(24)
+    assert init[:4] == bytes([4, 0, 3, 0])
+    ws.read(int.from_bytes(init[20:24], "big"))
+    ws.send(bytes([3, 0, 0, 0, 0, 0, 4, 0, 3, 0]))  # a full update, Raw
+    header = ws.read(4)
+    assert header[0] == 0 and int.from_bytes(header[2:4], "big") == 1
+    rect = ws.read(12)
+    assert rect == bytes([0, 0, 0, 0, 4, 0, 3, 0, 0, 0, 0, 0])
+    pixels = ws.read(1024 * 768 * 4)
+    for x, y in [(0, 0), (500, 200), (1000, 400), (10, 600), (70, 600), (1023, 767)]:
+        b, g, r = pixels[(y * 1024 + x) * 4:(y * 1024 + x) * 4 + 3]
+        assert (r, g, b) == expected_pixel(x, y), (x, y)
+
+
+def test_websocket_refusals_say_why(websocket_server, vmpod_binary, tmp_path):
+    wrong_path = WebSocket(websocket_server, "/api/v1/secrets")
+    assert wrong_path.head.startswith("HTTP/1.1 404"), wrong_path.head
+    unknown_protocol = WebSocket(websocket_server, "/", protocols=("base64",))
+    assert unknown_protocol.head.startswith("HTTP/1.1 400"), unknown_protocol.head
+    exposed = subprocess.run([vmpod_binary, "vnc", "--run-dir", tmp_path, "--websocket", "0.0.0.0:0"],
+                             capture_output=True, text=True, timeout=30)
+    assert exposed.returncode == 2
+    assert "not a loopback address, so the VNC WebSocket needs a token" in exposed.stderr
+
+
+NOVNC = pathlib.Path("/usr/share/novnc")
+
+
+class Browser:
+    """Headless Chromium, driven through the DevTools protocol."""
+
+    def __init__(self, url, tmp_path):
+        chromium = shutil.which("chromium")
+        if chromium is None or not (NOVNC / "vnc_lite.html").exists():
+            not_here("chromium and Debian's novnc are not installed (scripts/test installs them)")
+        self.port = free_port()
+        self.process = subprocess.Popen(
+            [chromium, "--headless=new", "--no-sandbox", "--disable-gpu", "--window-size=1100,900",
+             f"--remote-debugging-port={self.port}", f"--user-data-dir={tmp_path / 'chromium'}", url],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_for(lambda: self._page() is not None, "Chromium's DevTools endpoint")
+        debugger = self._page()["webSocketDebuggerUrl"]
+        self.socket = WebSocket(self.port, "/" + debugger.split("/", 3)[3], protocols=())
+        self.calls = 0
+
+    def _page(self):
+        import json
+        import urllib.request
+
+        try:
+            pages = json.load(urllib.request.urlopen(f"http://127.0.0.1:{self.port}/json/list", timeout=2))
+        except OSError:
+            return None
+        return next((page for page in pages if page.get("type") == "page" and "vnc_lite" in page.get("url", "")), None)
+
+    def call(self, method, **params):
+        import json
+
+        self.calls += 1
+        self.socket.send(json.dumps({"id": self.calls, "method": method, "params": params}).encode(), opcode=1)
+        while True:
+            _, payload = self.socket._frame()
+            message = json.loads(payload)
+            if message.get("id") == self.calls:
+                return message["result"]
+
+    def evaluate(self, expression):
+        return self.call("Runtime.evaluate", expression=expression, returnByValue=True)["result"].get("value")
+
+    def close(self):
+        self.process.terminate()
+        self.process.wait(timeout=10)
+
+
+def test_novnc_in_headless_chromium_shows_the_guests_screen(websocket_server, tmp_path):
+    import base64
+    import io
+
+    from PIL import Image
+
+    pages = subprocess.Popen([sys.executable, "-m", "http.server", "--bind", "127.0.0.1", str(http_port := free_port())],
+                             cwd=NOVNC, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_for(lambda: port_open(http_port), "the page server")
+        browser = Browser(f"http://127.0.0.1:{http_port}/vnc_lite.html?host=127.0.0.1&port={websocket_server}&path=", tmp_path)
+        try:
+            drawn = ("(() => { const c = document.querySelector('canvas');"
+                     " return !!c && c.getContext('2d').getImageData(1000, 760, 1, 1).data[3] === 255; })()")
+            wait_for(lambda: browser.evaluate(drawn), "noVNC to draw the whole screen", timeout=60)
+            status = browser.evaluate("document.getElementById('status').textContent")
+            assert status == "Connected to screen", status
+            browser.call("Emulation.setDeviceMetricsOverride", width=1100, height=900, deviceScaleFactor=1, mobile=False)
+            left, top = browser.evaluate("(() => { const r = document.querySelector('canvas').getBoundingClientRect();"
+                                         " return [Math.round(r.x), Math.round(r.y)]; })()")
+            clip = {"x": left, "y": top, "width": 1024, "height": 768, "scale": 1}
+            shot = browser.call("Page.captureScreenshot", format="png", clip=clip)
+            image = Image.open(io.BytesIO(base64.b64decode(shot["data"]))).convert("RGB")
+            assert image.size == (1024, 768)
+            pixels = image.load()
+            wrong = [(x, y) for y in range(768) for x in range(1024) if pixels[x, y] != expected_pixel(x, y)]
+            assert not wrong, f"{len(wrong)} pixels differ, first at {wrong[0]}: {pixels[wrong[0]]}"
+        finally:
+            browser.close()
+    finally:
+        pages.terminate()
+        pages.wait(timeout=10)

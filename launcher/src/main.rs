@@ -185,6 +185,14 @@ enum Command {
     Vnc {
         #[arg(long, env = "VMPOD_RUN_DIR", default_value = DEFAULT_RUN_DIR, value_name = "DIR")]
         run_dir: PathBuf,
+        /// Serve VNC over WebSocket on ADDR:PORT instead (noVNC, KubeVirt's
+        /// vnc subresource clients), e.g. 127.0.0.1:5959 for kubectl port-forward
+        #[arg(long, value_name = "ADDR:PORT")]
+        websocket: Option<std::net::SocketAddr>,
+        /// The bearer token WebSocket viewers must present (required unless
+        /// ADDR is a loopback address): a file holding it, e.g. a Secret's key
+        #[arg(long, value_name = "FILE", requires = "websocket")]
+        token_file: Option<PathBuf>,
     },
     /// Exit 0 once the VM is ready, for an exec readinessProbe (also as /vm/ready)
     Ready {
@@ -317,7 +325,32 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
-        Command::Vnc { run_dir } => {
+        Command::Vnc {
+            run_dir,
+            websocket: Some(address),
+            token_file,
+        } => {
+            let token = match (token_file, std::env::var("VMPOD_VNC_TOKEN")) {
+                (Some(path), _) => vmpod::helpers::websocket::read_token(&path),
+                (None, Ok(token)) if !token.trim().is_empty() => Ok(Some(token.trim().to_owned())),
+                (None, _) => Ok(None),
+            };
+            let served = token.and_then(|token| {
+                vmpod::helpers::websocket::serve(vmpod::helpers::websocket::Options {
+                    address,
+                    token,
+                    run_dir,
+                })
+            });
+            match served {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(error) => {
+                    report(&error);
+                    ExitCode::from(2)
+                }
+            }
+        }
+        Command::Vnc { run_dir, .. } => {
             relay_result(vmpod::helpers::serial::relay_binary(&run_dir, VNC_SOCKET))
         }
     }

@@ -282,7 +282,8 @@ impl Viewer {
             let height = u16::from_be_bytes([rect[6], rect[7]]) as usize;
             assert_eq!(&rect[8..], [0; 4], "Raw");
             let pixels = self.read(width * height * 4);
-            corner.get_or_insert(u32::from_le_bytes(pixels[..4].try_into().unwrap()));
+            // The spare byte is not part of the colour.
+            corner.get_or_insert(u32::from_le_bytes(pixels[..4].try_into().unwrap()) & 0x00ff_ffff);
         }
         (corner.unwrap_or_default(), count)
     }

@@ -134,14 +134,27 @@ impl PixelFormat {
         usize::from(self.bits_per_pixel / 8)
     }
 
-    /// An XRGB pixel as this format's pixel value.
+    /// An XRGB pixel as this format's pixel value. Bits no channel uses
+    /// are ones: RFB leaves them undefined, and viewers that take the
+    /// spare byte of a 32-bit pixel as alpha (noVNC 1.3's Raw decoder
+    /// does, for all but its first rows) then draw opaque pixels.
     pub fn convert(&self, xrgb: u32) -> u32 {
         let channel = |value: u32, max: u16, shift: u8| -> u32 {
             ((value * u32::from(max) + 127) / 255) << shift
         };
-        channel((xrgb >> 16) & 0xff, self.red_max, self.red_shift)
+        let colour = channel((xrgb >> 16) & 0xff, self.red_max, self.red_shift)
             | channel((xrgb >> 8) & 0xff, self.green_max, self.green_shift)
-            | channel(xrgb & 0xff, self.blue_max, self.blue_shift)
+            | channel(xrgb & 0xff, self.blue_max, self.blue_shift);
+        colour | self.spare_bits()
+    }
+
+    /// The bits of a pixel no colour channel uses.
+    fn spare_bits(&self) -> u32 {
+        let used = (u32::from(self.red_max) << self.red_shift)
+            | (u32::from(self.green_max) << self.green_shift)
+            | (u32::from(self.blue_max) << self.blue_shift);
+        let width = u32::MAX >> (32 - u32::from(self.bits_per_pixel.clamp(8, 32)));
+        !used & width
     }
 
     /// One pixel value in this format's byte order; the first
@@ -174,7 +187,7 @@ impl PixelFormat {
         if self.bits_per_pixel != 32 || self.depth > 24 {
             return 0..self.bytes_per_pixel();
         }
-        let mask = self.convert(0x00ff_ffff);
+        let mask = self.convert(0x00ff_ffff) & !self.spare_bits();
         let low_three = mask & 0xff00_0000 == 0;
         let high_three = mask & 0xff == 0;
         match (low_three, high_three, self.big_endian) {
@@ -454,10 +467,14 @@ pub(super) mod tests {
     #[test]
     fn pixel_formats_convert_and_pack() {
         let native = PixelFormat::NATIVE;
-        assert_eq!(native.convert(0x12_34_56), 0x12_34_56);
+        assert_eq!(
+            native.convert(0x12_34_56),
+            0xff12_3456,
+            "spare bits are ones"
+        );
         let mut out = Vec::new();
         native.put(native.convert(0x12_34_56), &mut out);
-        assert_eq!(out, [0x56, 0x34, 0x12, 0]);
+        assert_eq!(out, [0x56, 0x34, 0x12, 0xff]);
         assert_eq!(native.cpixel_bytes(), 0..3);
         let rgb565 = PixelFormat {
             bits_per_pixel: 16,

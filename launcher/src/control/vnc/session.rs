@@ -175,6 +175,9 @@ impl Session {
         message: ClientMessage,
         commands: &mut Vec<Command>,
     ) -> Result<(), Refusal> {
+        if !matches!(message, ClientMessage::Pointer { .. }) {
+            log::debug!("VNC: {message:?}");
+        }
         match message {
             ClientMessage::SetPixelFormat(format) => {
                 format.check()?;
