@@ -327,3 +327,36 @@ def test_launch_d_hooks_run_in_the_image_before_boot(play):
     assert "launch.d/10-describe-vm: VM default/demo-tiny (uuid " in log, log
     assert "1 vCPUs, 16 MiB, boots from its kernel" in log, log
     assert "launch.d/50-require-scratch-space: scratch directory /vm/scratch: " in log, log
+
+
+def test_vnc_through_podman_exec_as_with_kubectl_exec(play, tmp_path):
+    """The README's VNC recipe with podman exec for kubectl exec: socat
+    runs `podman exec -i POD /vm/vnc` per connection, and vncdotool sees
+    the display guest's pattern."""
+    from test_display import VNCDO, expected_pixel, free_port
+
+    def with_display(configmap, pod):
+        vm = configmap["data"]["vm.yaml"]
+        vm = vm.replace("/vm/guests/demo.elf", "/vm/guests/display.elf")
+        configmap["data"]["vm.yaml"] = vm.replace("autoattachGraphicsDevice: false", "autoattachGraphicsDevice: true")
+
+    configmap, pod = manifest("pod.yaml")
+    with_display(configmap, pod)
+    play([configmap, pod])
+    wait_for_log("demo-tiny-vm", "drew the pattern")
+    port = free_port()
+    relay = subprocess.Popen(["socat", f"TCP-LISTEN:{port},bind=127.0.0.1,reuseaddr,fork",
+                              "EXEC:podman exec -i demo-tiny-vm /vm/vnc"])
+    try:
+        shot = tmp_path / "pod.png"
+        captured = subprocess.run([VNCDO, "-s", f"127.0.0.1::{port}", "capture", str(shot)],
+                                  capture_output=True, text=True, timeout=120)
+        assert captured.returncode == 0, captured.stderr
+        from PIL import Image
+
+        pixels = Image.open(shot).convert("RGB").load()
+        wrong = [(x, y) for y in range(0, 768, 3) for x in range(0, 1024, 3) if pixels[x, y] != expected_pixel(x, y)]
+        assert not wrong, f"{len(wrong)} pixels differ, first at {wrong[0]}"
+    finally:
+        relay.terminate()
+        relay.wait(timeout=10)
