@@ -1,6 +1,9 @@
 /* display: draws a known pattern on vmpod's framebuffer (1024x768, 32-bit
  * XRGB at 0xc0000000, the default display) and then prints every scancode
  * the i8042 delivers, one per line, powering off when Esc is released.
+ * Under QEMU with its standard VGA (PCI 00:02.0, 1234:1111) it sets that
+ * card to 1024x768x32 through the Bochs DISPI ports and draws on its
+ * framebuffer instead, so benchmarks can show QEMU's VNC the same screen.
  *
  * The pattern, which tests compare pixel by pixel:
  *   rows   0..191  red 0xff0000       rows 192..383  green 0x00ff00
@@ -18,7 +21,7 @@
 _start:
     GUEST_ENTRY
     cld
-    mov $FRAMEBUFFER, %edi
+    call find_framebuffer       /* -> %edi */
     mov $0xff0000, %eax
     mov $(WIDTH * BAND), %ecx
     rep stosl
@@ -60,6 +63,52 @@ _start:
     cmp $0x81, %ebx
     jne 3b
     jmp acpi_poweroff
+
+/* %edi = where to draw: QEMU's standard VGA if there is one, else vmpod's
+ * framebuffer. */
+.set PCI_ADDRESS, 0xcf8
+.set PCI_DATA, 0xcfc
+.set VGA_SLOT, 0x80001000       /* bus 0, device 2, function 0 */
+.set DISPI_INDEX, 0x1ce
+.set DISPI_DATA, 0x1cf
+find_framebuffer:
+    mov $FRAMEBUFFER, %edi
+    mov $VGA_SLOT, %eax
+    mov $PCI_ADDRESS, %dx
+    out %eax, %dx
+    mov $PCI_DATA, %dx
+    in %dx, %eax
+    cmp $0x11111234, %eax       /* device 1111, vendor 1234 */
+    jne 1f
+    mov $(VGA_SLOT + 0x10), %eax /* BAR 0: the linear framebuffer */
+    mov $PCI_ADDRESS, %dx
+    out %eax, %dx
+    mov $PCI_DATA, %dx
+    in %dx, %eax
+    and $0xfffffff0, %eax
+    mov %eax, %edi
+    mov $(VGA_SLOT + 0x04), %eax /* command: memory decoding on */
+    mov $PCI_ADDRESS, %dx
+    out %eax, %dx
+    mov $PCI_DATA, %dx
+    in %dx, %eax
+    or $2, %eax
+    out %eax, %dx
+    mov $4, %ax; call dispi_zero /* disable while the mode changes */
+    mov $1, %ax; mov $WIDTH, %cx; call dispi
+    mov $2, %ax; mov $HEIGHT, %cx; call dispi
+    mov $3, %ax; mov $32, %cx; call dispi
+    mov $4, %ax; mov $0x41, %cx; call dispi /* enabled, linear framebuffer */
+1:  ret
+dispi_zero:
+    xor %cx, %cx
+dispi:                          /* register %ax = %cx */
+    mov $DISPI_INDEX, %dx
+    out %ax, %dx
+    mov $DISPI_DATA, %dx
+    mov %cx, %ax
+    out %ax, %dx
+    ret
 
 .section .rodata
 drawn: .asciz "display guest: drew the pattern\n"
