@@ -3,10 +3,12 @@
 inside L1 (see the shared TESTING.md). Where QEMU is missing these tests
 are skipped with that reason, never passed."""
 
+import subprocess
+
 import pytest
 
 import harness
-from conftest import result, run_nested
+from conftest import not_here, result
 
 SCENARIOS = (
     "poweroff vmpod 2 poweroff",
@@ -16,12 +18,38 @@ SCENARIOS = (
     "pause vmpod 2 pause",
     "ctrlaltdel vmpod 2 keys:ctrl-alt-delete poweroff",
     "passtdies vmpod 1 killpasst",
+    "screen vmpodscreen 1 display",
 )
 
 
 @pytest.fixture(scope="module")
-def nested(vmpod_binary):
-    return run_nested(vmpod_binary, *SCENARIOS)
+def viewer(tmp_path_factory):
+    """What a VNC viewer on the host did while the screen scenario ran:
+    vncdotool, through the port QEMU forwards to L1's `vmpod vnc`, takes a
+    screenshot and types "touch /typed" on L2's tty1."""
+    from test_display import VNCDO, free_port
+
+    port = free_port()
+    seen = {"shot": tmp_path_factory.mktemp("screen") / "screen.png"}
+
+    def act():
+        def vncdo(*commands):
+            return subprocess.run([VNCDO, "-s", f"127.0.0.1::{port}", *commands],
+                                  capture_output=True, text=True, timeout=300)
+
+        seen["capture"] = vncdo("capture", str(seen["shot"]))
+        seen["type"] = vncdo("type", "touch /typed", "key", "enter")
+
+    return port, {"vnc-ready": act}, seen
+
+
+@pytest.fixture(scope="module")
+def nested(vmpod_binary, viewer):
+    port, when, _ = viewer
+    try:
+        return harness.run(vmpod_binary, *SCENARIOS, vnc_port=port, when=when)
+    except harness.Unavailable as why:
+        not_here(str(why))
 
 
 def test_linux_reaches_init_and_sees_every_vcpu(nested):
@@ -177,4 +205,28 @@ def test_qmp_stop_and_cont_pause_and_resume_linux(nested):
 def test_ctrl_alt_delete_through_send_key_reboots_linux(nested):
     run = nested["ctrlaltdel"]
     assert result(run, "boots") == "2", run["stdout"] + run["stderr"]
+    assert result(run, "exit") == "0", run["stderr"]
+
+
+def test_the_stock_kernels_console_is_on_the_vnc_screen_and_vnc_keys_reach_tty1(nested, viewer):
+    """efifb + fbcon draw tty1 on vmpod's framebuffer; a VNC viewer on the
+    host sees its text and types a command into a shell there through the
+    virtio keyboard."""
+    run = nested["screen"]
+    _, _, seen = viewer
+    assert "L2: framebuffer EFI VGA 1024,768" in run["stdout"], run["stdout"]
+    assert "L2: input device vmpod virtio keyboard" in run["stdout"], run["stdout"]
+    assert seen.get("capture") is not None and seen["capture"].returncode == 0, seen
+    from PIL import Image
+
+    image = Image.open(seen["shot"]).convert("RGB")
+    assert image.size == (1024, 768)
+    colours = image.getcolors(1024 * 768)
+    text = sum(count for count, colour in colours if colour == (170, 170, 170))
+    others = sum(count for count, colour in colours if colour not in ((0, 0, 0), (170, 170, 170)))
+    # A line of fbcon's light grey text on black, at the top of the screen.
+    assert text > 300 and others < 1000, colours[:10]
+    assert image.crop((0, 0, 1024, 48)).getcolors(1024 * 48) and image.crop((0, 400, 1024, 768)).getextrema() == ((0, 0), (0, 0), (0, 0))
+    assert seen["type"].returncode == 0, seen["type"].stderr
+    assert result(run, "typed") == "yes", run["stdout"]
     assert result(run, "exit") == "0", run["stderr"]

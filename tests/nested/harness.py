@@ -36,12 +36,15 @@ L2_TRIPLE_FAULT = "the guest reset (triple fault)"
 STALL_SECONDS = 300
 
 
-def run_l1(command, timeout):
+def run_l1(command, timeout, when=None, env=None):
     """Runs L1; returns (output, finished). Stops it early when it prints
     no "L1: " line within FIRST_OUTPUT_SECONDS, or nothing for
-    STALL_SECONDS, and at `timeout`."""
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, errors="replace")
+    STALL_SECONDS, and at `timeout`. `when` maps text to a function run
+    (on a thread of its own) once a line with that text appears."""
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, errors="replace",
+                               env=env)
     lines = []
+    pending = dict(when or {})
 
     def collect():
         for line in process.stdout:
@@ -55,6 +58,10 @@ def run_l1(command, timeout):
         now = time.monotonic()
         elapsed = now - started
         if len(lines) != seen:
+            for text, action in list(pending.items()):
+                if any(text in line for line in lines[seen:]):
+                    del pending[text]
+                    threading.Thread(target=action, daemon=True).start()
             seen, last_line = len(lines), now
         silent = not any("L1: " in line for line in list(lines))
         stalled = now - last_line > STALL_SECONDS
@@ -80,10 +87,12 @@ def prepare_cloud(prepared):
         raise RuntimeError(f"building the Debian cloud image failed:\n{built.stdout}\n{built.stderr}")
 
 
-def run(vmpod_binary, *scenarios, timeout=900):
+def run(vmpod_binary, *scenarios, timeout=900, vnc_port=None, when=None):
     """Boots L1 under QEMU TCG and runs the scenarios (NAME VMM VCPUS COMMAND...).
     Returns {name: {"result": [...], "stdout", "stderr", "serial", "qmp": str}}:
-    vmpod's output, what /vm/serial showed a newcomer, and QMP replies."""
+    vmpod's output, what /vm/serial showed a newcomer, and QMP replies.
+    With `vnc_port`, that host port reaches L1's port 5900 (a scenario's
+    `display` command); `when` as for run_l1."""
     if shutil.which("qemu-system-x86_64") is None:
         raise Unavailable("qemu-system-x86 is not installed, so the nested Linux-guest harness cannot run")
     prepared = TARGET / "nested"
@@ -93,8 +102,9 @@ def run(vmpod_binary, *scenarios, timeout=900):
     command = [REPO / "tests/nested/run.sh", prepared, vmpod_binary, *scenarios]
     # One log per set of scenarios, so a later run does not overwrite it.
     log = prepared / f"run-{scenarios[0].split()[0]}.log"
+    env = dict(os.environ, VMPOD_VNC_PORT=str(vnc_port)) if vnc_port else None
     for attempt in (1, 2):
-        output, finished = run_l1(command, timeout)
+        output, finished = run_l1(command, timeout, when, env)
         log.write_text(output)
         silent = not any("L1: " in line for line in output.splitlines())
         completed = "L1: RESULT done" in output

@@ -37,7 +37,7 @@ cp /bin/busybox "$root/bin/busybox"
 for module in drivers/input/evdev drivers/acpi/button drivers/virtio/virtio_ring \
         drivers/virtio/virtio drivers/virtio/virtio_mmio drivers/char/hw_random/virtio-rng \
         drivers/block/virtio_blk fs/fat/fat fs/fat/vfat fs/nls/nls_cp437 fs/nls/nls_ascii \
-        net/core/failover drivers/net/net_failover drivers/net/virtio_net; do
+        net/core/failover drivers/net/net_failover drivers/net/virtio_net drivers/virtio/virtio_input; do
     cp "$out"/kernel/lib/modules/*/kernel/$module.ko "$root/modules/"
 done
 # Images: base.raw says "base image" at 0 and "base tail" at 4 MiB; the

@@ -63,6 +63,7 @@ if grep -qE " (qemu)?cloud " "$root/scenarios"; then
     cloud_disk="-drive file=$prepared/cloud-disk.ext4,format=raw,if=virtio,readonly=on"
 fi
 exec qemu-system-x86_64 -accel tcg -cpu max -smp 2 -m 3072 -nographic -no-reboot \
-    -nodefaults -no-user-config -serial stdio -nic user,model=virtio-net-pci $cloud_disk \
+    -nodefaults -no-user-config -serial stdio \
+    -nic "user,model=virtio-net-pci${VMPOD_VNC_PORT:+,hostfwd=tcp:127.0.0.1:$VMPOD_VNC_PORT-:5900}" $cloud_disk \
     -kernel "$prepared/vmlinuz" -initrd "$prepared/l1.cpio.gz" \
     -append "console=ttyS0 panic=-1 quiet"

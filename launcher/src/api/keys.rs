@@ -139,12 +139,16 @@ impl Key {
         KEYS.iter().find(|key| key.evdev == code).copied()
     }
 
-    /// The key that produces `keysym`; an upper-case letter is its key
-    /// (the viewer sends Shift itself).
+    /// The key that produces `keysym` on a US keyboard; an upper-case
+    /// letter or a shifted symbol (`>`, `|`, `:` …) is its key, since the
+    /// viewer sends Shift itself.
     pub fn by_keysym(keysym: u32) -> Option<Key> {
         let unshifted = match keysym {
             0x41..=0x5a => keysym + 0x20,
-            other => other,
+            other => char::from_u32(other)
+                .and_then(|symbol| SHIFTED.chars().position(|shifted| shifted == symbol))
+                .and_then(|at| UNSHIFTED.chars().nth(at))
+                .map_or(other, u32::from),
         };
         KEYS.iter().find(|key| key.keysym == unshifted).copied()
     }
@@ -173,6 +177,10 @@ impl Key {
         }
     }
 }
+
+/// Symbols a US keyboard types with Shift, and the keys' own symbols.
+const SHIFTED: &str = "!@#$%^&*()_+{}|:\"<>?~";
+const UNSHIFTED: &str = "1234567890-=[]\\;',./`";
 
 /// The events for pressing `qcodes` together and letting go again in
 /// reverse order, as QEMU's send-key does; `Err` names an unknown key.
@@ -252,5 +260,10 @@ mod tests {
         assert_eq!(Key::by_keysym(0xff0d), Some(enter));
         assert_eq!(Key::by_keysym(u32::from(b'Q')), Key::by_qcode("q"));
         assert_eq!(Key::by_keysym(0x1234_5678), None);
+        assert_eq!(Key::by_keysym(u32::from(b'>')), Key::by_qcode("dot"));
+        assert_eq!(Key::by_keysym(u32::from(b'|')), Key::by_qcode("backslash"));
+        assert_eq!(Key::by_keysym(u32::from(b':')), Key::by_qcode("semicolon"));
+        assert_eq!(Key::by_keysym(u32::from(b'"')), Key::by_qcode("apostrophe"));
+        assert_eq!(SHIFTED.chars().count(), UNSHIFTED.chars().count());
     }
 }
