@@ -49,20 +49,7 @@ _start:
     jne 1b
     mov $drawn, %esi
     call puts
-3:  in $0x64, %al               /* status: output buffer full? */
-    test $1, %al
-    jz 3b
-    in $0x60, %al
-    movzbl %al, %eax
-    mov %eax, %ebx
-    mov $scancode, %esi
-    call puts
-    call puthex
-    mov $newline, %esi
-    call puts
-    cmp $0x81, %ebx
-    jne 3b
-    jmp acpi_poweroff
+    jmp report_scancodes
 
 /* %edi = where to draw: QEMU's standard VGA if there is one, else vmpod's
  * framebuffer. */
@@ -112,5 +99,3 @@ dispi:                          /* register %ax = %cx */
 
 .section .rodata
 drawn: .asciz "display guest: drew the pattern\n"
-scancode: .asciz "scancode "
-newline: .asciz "\n"

@@ -8,22 +8,7 @@ _start:
     GUEST_ENTRY
     mov $ready, %esi
     call puts
-1:  in $0x64, %al               /* status: output buffer full? */
-    test $1, %al
-    jz 1b
-    in $0x60, %al
-    movzbl %al, %eax
-    mov %eax, %ebx
-    mov $scancode, %esi
-    call puts
-    call puthex
-    mov $newline, %esi
-    call puts
-    cmp $0x81, %ebx
-    jne 1b
-    jmp acpi_poweroff
+    jmp report_scancodes
 
 .section .rodata
 ready: .asciz "keyboard guest ready\n"
-scancode: .asciz "scancode "
-newline: .asciz "\n"

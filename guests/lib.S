@@ -284,6 +284,30 @@ route_irq:
     pop %eax
     ret
 
+/* report_scancodes: prints every scancode the i8042 delivers (polling
+ * its status port), one per line ("scancode 0x0000001e"), and powers off
+ * when Esc is released (0x81). Does not return. */
+report_scancodes:
+1:  in $0x64, %al               /* status: output buffer full? */
+    test $1, %al
+    jz 1b
+    in $0x60, %al
+    movzbl %al, %eax
+    mov %eax, %ebx
+    mov $scancode_label, %esi
+    call puts
+    call puthex
+    mov $scancode_newline, %esi
+    call puts
+    cmp $0x81, %ebx
+    jne 1b
+    jmp acpi_poweroff
+
+.section .rodata
+scancode_label: .asciz "scancode "
+scancode_newline: .asciz "\n"
+.section .text
+
 /* hang: stop this CPU for good. */
 hang:
     cli

@@ -47,6 +47,15 @@ pub enum Ended {
 /// is JSON; the monitor prompts and reads lines, which a terminal's own
 /// line editing suits).
 pub fn relay_plain(run_dir: &std::path::Path, socket: &str) -> Result<Ended, SerialError> {
+    relay_socket(run_dir, socket, InputEnd::Quiet)
+}
+
+/// Connects to `socket` in the run directory and relays it to stdio.
+fn relay_socket(
+    run_dir: &std::path::Path,
+    socket: &str,
+    input_end: InputEnd,
+) -> Result<Ended, SerialError> {
     let path = run_dir.join(socket);
     let mut connection = UnixStream::connect(&path).map_err(|source| SerialError::Connect {
         path: path.clone(),
@@ -54,21 +63,14 @@ pub fn relay_plain(run_dir: &std::path::Path, socket: &str) -> Result<Ended, Ser
     })?;
     let signals = SignalFd::take(&[libc::SIGINT, libc::SIGTERM, libc::SIGHUP])
         .map_err(SerialError::Signals)?;
-    relay(&mut connection, &signals, None).map_err(|source| SerialError::Io { path, source })
+    relay_until(&mut connection, &signals, None, input_end)
+        .map_err(|source| SerialError::Io { path, source })
 }
 
 /// `/vm/vnc`: the VNC socket relayed to stdio, binary-clean. When stdin
 /// ends (the viewer left), vmpod is told so and the relay ends with it.
 pub fn relay_binary(run_dir: &std::path::Path, socket: &str) -> Result<Ended, SerialError> {
-    let path = run_dir.join(socket);
-    let mut connection = UnixStream::connect(&path).map_err(|source| SerialError::Connect {
-        path: path.clone(),
-        source,
-    })?;
-    let signals = SignalFd::take(&[libc::SIGINT, libc::SIGTERM, libc::SIGHUP])
-        .map_err(SerialError::Signals)?;
-    relay_until(&mut connection, &signals, None, InputEnd::HalfClose)
-        .map_err(|source| SerialError::Io { path, source })
+    relay_socket(run_dir, socket, InputEnd::HalfClose)
 }
 
 pub fn attach(run_dir: &std::path::Path, escape: Option<u8>) -> Result<Ended, SerialError> {

@@ -385,19 +385,26 @@ pub(super) mod tests {
         out
     }
 
+    /// 16-bit 5-6-5, big-endian: what small viewers ask for.
+    pub const RGB565: PixelFormat = PixelFormat {
+        bits_per_pixel: 16,
+        depth: 16,
+        big_endian: true,
+        true_colour: true,
+        red_max: 31,
+        green_max: 63,
+        blue_max: 31,
+        red_shift: 11,
+        green_shift: 5,
+        blue_shift: 0,
+    };
+
     #[test]
     fn every_client_message_round_trips_and_waits_for_its_last_byte() {
         let bgr565 = PixelFormat {
-            bits_per_pixel: 16,
-            depth: 16,
-            big_endian: true,
-            true_colour: true,
-            red_max: 31,
-            green_max: 63,
-            blue_max: 31,
             red_shift: 0,
-            green_shift: 5,
             blue_shift: 11,
+            ..RGB565
         };
         let messages = [
             ClientMessage::SetPixelFormat(bgr565),
@@ -477,15 +484,8 @@ pub(super) mod tests {
         assert_eq!(out, [0x56, 0x34, 0x12, 0xff]);
         assert_eq!(native.cpixel_bytes(), 0..3);
         let rgb565 = PixelFormat {
-            bits_per_pixel: 16,
-            depth: 16,
-            red_max: 31,
-            green_max: 63,
-            blue_max: 31,
-            red_shift: 11,
-            green_shift: 5,
-            blue_shift: 0,
-            ..native
+            big_endian: false,
+            ..RGB565
         };
         assert_eq!(rgb565.convert(0xff_ff_ff), 0xffff);
         assert_eq!(rgb565.convert(0xff_00_00), 0xf800);

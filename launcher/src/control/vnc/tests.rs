@@ -252,6 +252,15 @@ impl Viewer {
     }
 }
 
+fn whole_screen(width: usize, height: usize) -> Rect {
+    Rect {
+        x: 0,
+        y: 0,
+        width,
+        height,
+    }
+}
+
 fn frame_of(pixels: &[u32], width: usize, height: usize) -> Frame<'_> {
     Frame {
         pixels,
@@ -260,18 +269,7 @@ fn frame_of(pixels: &[u32], width: usize, height: usize) -> Frame<'_> {
     }
 }
 
-const RGB565: PixelFormat = PixelFormat {
-    bits_per_pixel: 16,
-    depth: 16,
-    big_endian: true,
-    true_colour: true,
-    red_max: 31,
-    green_max: 63,
-    blue_max: 31,
-    red_shift: 11,
-    green_shift: 5,
-    blue_shift: 0,
-};
+use super::rfb::tests::RGB565;
 
 const BGR233: PixelFormat = PixelFormat {
     bits_per_pixel: 8,
@@ -303,17 +301,8 @@ fn every_encoder_decodes_back_to_the_screen_in_every_format() {
             ("console", console_screen(width, height, 3)),
             ("black", vec![0; width * height]),
         ] {
-            let frame = Frame {
-                pixels: &screen,
-                width,
-                height,
-            };
-            let whole = Rect {
-                x: 0,
-                y: 0,
-                width,
-                height,
-            };
+            let frame = frame_of(&screen, width, height);
+            let whole = whole_screen(width, height);
             let part = Rect {
                 x: 13,
                 y: 70,
@@ -350,17 +339,8 @@ fn every_encoder_decodes_back_to_the_screen_in_every_format() {
 fn zrle_makes_a_console_screen_small() {
     let (width, height) = (1024, 768);
     let screen = console_screen(width, height, 11);
-    let frame = Frame {
-        pixels: &screen,
-        width,
-        height,
-    };
-    let whole = Rect {
-        x: 0,
-        y: 0,
-        width,
-        height,
-    };
+    let frame = frame_of(&screen, width, height);
+    let whole = whole_screen(width, height);
     let mut out = Vec::new();
     encode::Zrle::default().encode(frame, whole, &PixelFormat::NATIVE, &mut out);
     assert!(out.len() < width * height * 4 / 20, "{} bytes", out.len());
@@ -371,12 +351,7 @@ fn damage_covers_every_change_and_nothing_when_idle() {
     let (width, height) = (300, 200);
     let old = console_screen(width, height, 5);
     let mut new = old.clone();
-    let whole = Rect {
-        x: 0,
-        y: 0,
-        width,
-        height,
-    };
+    let whole = whole_screen(width, height);
     assert!(encode::damage(
         frame_of(&old, width, height),
         frame_of(&new, width, height),
