@@ -113,10 +113,12 @@ fn a_pod_mounts_kvm_the_definition_and_each_image() {
         container["readinessProbe"]["exec"]["command"],
         json!(["/vm/ready"])
     );
-    // 1 GiB guest + 32 MiB for vmpod + 8 MiB for passt.
+    // 1 GiB guest + 32 MiB for vmpod + 8 MiB for passt + 12 MiB for the
+    // 1024x768 display (four screens: the framebuffer, the VNC server's
+    // copy, two viewers').
     assert_eq!(
         container["resources"]["limits"],
-        json!({"memory": "1064Mi", "cpu": "2"})
+        json!({"memory": "1076Mi", "cpu": "2"})
     );
     let mounts: Vec<_> = container["volumeMounts"]
         .as_array()
@@ -213,6 +215,6 @@ fn a_deployment_from_the_api_tells_replicas_apart() {
     // The status helper's 8 MiB as well.
     assert_eq!(
         spec["containers"][0]["resources"]["limits"]["memory"],
-        "1072Mi"
+        "1084Mi"
     );
 }
