@@ -164,12 +164,8 @@ struct Vmm<'a> {
     /// The disk booted from, when the kernel comes from a disk.
     boot_disk: Option<crate::images::Shared>,
     display: Option<Arc<Framebuffer>>,
-    /// The virtio keyboards and tablets.
-    inputs: Vec<virtio::InputSlot>,
-    /// The pointer buttons down now.
-    buttons: u8,
-    /// Whether pointer events without a tablet were mentioned.
-    pointer_unrouted: bool,
+    /// Where keys and the pointer go.
+    inputs: virtio::InputRouter,
 }
 
 /// Boots `config` and serves it until the guest powers off or fails.
@@ -217,9 +213,7 @@ pub fn run(kvm: &Kvm, config: &VmConfig, io: VmmIo) -> Result<Outcome, VmmError>
         status: io.status,
         boot_disk,
         display: io.display,
-        inputs,
-        buttons: 0,
-        pointer_unrouted: false,
+        inputs: virtio::InputRouter::new(inputs),
     };
     let outcome = vmm.run_boots();
     if outcome.is_err() {
@@ -337,52 +331,6 @@ impl Vmm<'_> {
         unreachable!("boot numbers do not run out")
     }
 
-    /// Keys go to a virtio keyboard whose driver runs, else to the PS/2
-    /// keyboard (early boot, guests without virtio-input): never both, or
-    /// the guest would see each key twice.
-    fn press(&mut self, keys: &[crate::api::KeyEvent]) {
-        use crate::devices::virtio::input::{key_events, InputKind};
-        let keyboard = self
-            .inputs
-            .iter()
-            .find(|input| input.handle.kind == InputKind::Keyboard && input.handle.is_active());
-        match keyboard {
-            Some(keyboard) => keyboard.send(key_events(keys)),
-            None => self
-                .platform
-                .i8042
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .press(keys),
-        }
-    }
-
-    /// Moves the pointer on the VM's tablet; without one whose driver
-    /// runs, it goes nowhere (said once).
-    fn point(&mut self, pointer: crate::api::display::PointerEvent) {
-        use crate::devices::virtio::input::{pointer_events, InputKind};
-        let tablet = self
-            .inputs
-            .iter()
-            .find(|input| input.handle.kind == InputKind::Tablet && input.handle.is_active());
-        if let Some(tablet) = tablet {
-            tablet.send(pointer_events(self.buttons, pointer));
-            self.buttons = pointer.buttons;
-            return;
-        }
-        if self
-            .inputs
-            .iter()
-            .any(|input| input.handle.kind == InputKind::Tablet)
-        {
-            return; // its driver is not running (yet)
-        }
-        if !self.pointer_unrouted {
-            self.pointer_unrouted = true;
-            log::info!("the VM has no tablet, so pointer events (first {pointer:?}) go nowhere; add inputs: [{{name: tablet, type: tablet, bus: virtio}}] to its devices");
-        }
-    }
-
     fn finish(&self, outcome: Outcome) -> Outcome {
         self.status.set(Status::Shutdown);
         self.lifecycle.send(Timed::now(Event::Shutdown));
@@ -429,8 +377,8 @@ impl Vmm<'_> {
                 }
                 self.lifecycle.send(Timed::now(Event::Powerdown));
             }
-            Command::Keys(keys) => self.press(&keys),
-            Command::Pointer(pointer) => self.point(pointer),
+            Command::Keys(keys) => self.inputs.press(&keys, &self.platform.i8042),
+            Command::Pointer(pointer) => self.inputs.point(pointer),
             Command::Reset => return Some(Ending::Reset("a system_reset command")),
             Command::Quit => return Some(Ending::Quit),
             Command::ForcedStop(signal) => return Some(Ending::ForcedStop(signal)),

@@ -38,6 +38,66 @@ impl InputSlot {
     }
 }
 
+/// Where keys and pointer moves go: the virtio keyboard and tablet whose
+/// drivers run, else the PS/2 keyboard (keys only).
+pub struct InputRouter {
+    inputs: Vec<InputSlot>,
+    /// The pointer buttons down now.
+    buttons: u8,
+    /// Whether pointer events without a tablet were mentioned.
+    pointer_unrouted: bool,
+}
+
+impl InputRouter {
+    pub fn new(inputs: Vec<InputSlot>) -> Self {
+        InputRouter {
+            inputs,
+            buttons: 0,
+            pointer_unrouted: false,
+        }
+    }
+
+    fn running(&self, kind: crate::devices::virtio::input::InputKind) -> Option<&InputSlot> {
+        self.inputs
+            .iter()
+            .find(|input| input.handle.kind == kind && input.handle.is_active())
+    }
+
+    /// Keys go to a virtio keyboard whose driver runs, else to the PS/2
+    /// keyboard (early boot, guests without virtio-input): never both, or
+    /// the guest would see each key twice.
+    pub fn press(
+        &self,
+        keys: &[crate::api::KeyEvent],
+        i8042: &Mutex<crate::devices::legacy::i8042::I8042>,
+    ) {
+        use crate::devices::virtio::input::{key_events, InputKind};
+        match self.running(InputKind::Keyboard) {
+            Some(keyboard) => keyboard.send(key_events(keys)),
+            None => i8042.lock().unwrap_or_else(|p| p.into_inner()).press(keys),
+        }
+    }
+
+    /// Moves the pointer on the VM's tablet; without one whose driver
+    /// runs, it goes nowhere (said once when there is no tablet at all).
+    pub fn point(&mut self, pointer: crate::api::display::PointerEvent) {
+        use crate::devices::virtio::input::{pointer_events, InputKind};
+        if let Some(tablet) = self.running(InputKind::Tablet) {
+            tablet.send(pointer_events(self.buttons, pointer));
+            self.buttons = pointer.buttons;
+            return;
+        }
+        let has_tablet = self
+            .inputs
+            .iter()
+            .any(|input| input.handle.kind == InputKind::Tablet);
+        if !has_tablet && !self.pointer_unrouted {
+            self.pointer_unrouted = true;
+            log::info!("the VM has no tablet, so pointer events (first {pointer:?}) go nowhere; add inputs: [{{name: tablet, type: tablet, bus: virtio}}] to its devices");
+        }
+    }
+}
+
 /// What the definition's devices became.
 pub(super) struct Added {
     pub slots: Vec<VirtioSlot>,

@@ -11,6 +11,8 @@ pub mod encode;
 pub mod rfb;
 pub mod session;
 #[cfg(test)]
+mod test_viewer;
+#[cfg(test)]
 mod tests;
 
 use std::io::ErrorKind;
