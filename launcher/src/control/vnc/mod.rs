@@ -166,6 +166,10 @@ impl VncServer {
         let Some(viewer) = self.viewers.iter_mut().find(|v| v.token == token) else {
             return;
         };
+        // Only a request that arrives now is answered now; one that was
+        // already waiting is the timer's (a viewer moving its pointer must
+        // not make every event a look at the whole screen).
+        let waited = viewer.session.wants_update();
         let mut buffer = [0u8; 16384];
         let mut budget = outbox::READ_BUDGET;
         let mut ended = None;
@@ -174,7 +178,7 @@ impl VncServer {
         while budget > 0 {
             match std::io::Read::read(&mut viewer.outbox.stream, &mut buffer) {
                 Ok(0) => {
-                    ended = Some("it disconnected".to_owned());
+                    ended = Some(("it disconnected".to_owned(), true));
                     break;
                 }
                 Ok(read) => {
@@ -184,14 +188,14 @@ impl VncServer {
                             .session
                             .receive(&buffer[..read], &mut said, &mut asked)
                     {
-                        ended = Some(refusal);
+                        ended = Some((refusal, false));
                         break;
                     }
                 }
                 Err(error) if error.kind() == ErrorKind::WouldBlock => break,
                 Err(error) if error.kind() == ErrorKind::Interrupted => continue,
                 Err(error) => {
-                    ended = Some(format!("its connection failed: {error}"));
+                    ended = Some((format!("its connection failed: {error}"), false));
                     break;
                 }
             }
@@ -200,12 +204,11 @@ impl VncServer {
         for command in asked {
             commands.send(command);
         }
-        if let Some(why) = ended {
-            let polite = why == "it disconnected";
+        if let Some((why, polite)) = ended {
             self.close(token, epoll, &why, polite);
             return;
         }
-        if viewer_wants(viewer) {
+        if !waited && viewer_wants(viewer) {
             self.framebuffer.snapshot(&mut self.frame);
             self.answer(token);
         }
