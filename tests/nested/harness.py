@@ -36,19 +36,23 @@ L2_TRIPLE_FAULT = "the guest reset (triple fault)"
 STALL_SECONDS = 300
 
 
-def run_l1(command, timeout, when=None, env=None):
+def run_l1(command, timeout, when=None, env=None, live=None):
     """Runs L1; returns (output, finished). Stops it early when it prints
     no "L1: " line within FIRST_OUTPUT_SECONDS, or nothing for
     STALL_SECONDS, and at `timeout`. `when` maps text to a function run
-    (on a thread of its own) once a line with that text appears."""
+    (on a thread of its own) once a line with that text appears. With
+    `live`, a path: L1's output is written there as it comes."""
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, errors="replace",
                                env=env)
     lines = []
     pending = dict(when or {})
 
     def collect():
-        for line in process.stdout:
-            lines.append(line)
+        with open(live or os.devnull, "w") as copy:
+            for line in process.stdout:
+                lines.append(line)
+                copy.write(line)
+                copy.flush()
 
     reader = threading.Thread(target=collect, daemon=True)
     reader.start()
@@ -104,7 +108,7 @@ def run(vmpod_binary, *scenarios, timeout=900, vnc_port=None, when=None):
     log = prepared / f"run-{scenarios[0].split()[0]}.log"
     env = dict(os.environ, VMPOD_VNC_PORT=str(vnc_port)) if vnc_port else None
     for attempt in (1, 2):
-        output, finished = run_l1(command, timeout, when, env)
+        output, finished = run_l1(command, timeout, when, env, live=log.with_suffix(".live.log"))
         log.write_text(output)
         silent = not any("L1: " in line for line in output.splitlines())
         completed = "L1: RESULT done" in output

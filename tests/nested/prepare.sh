@@ -9,7 +9,7 @@
 #                        layer over a raw base, and a compressed qcow2
 #                        container disk (with its sha256)
 # Needs: apt-get (to download the kernel package), dpkg-deb, busybox-static,
-# cpio, qemu-utils, passt (copied into L1), gcc (iobench.c, static).
+# cpio, qemu-utils, passt (copied into L1), gcc (iobench.c and stamp.c, static).
 set -eu
 here="$(cd "$(dirname "$0")" && pwd)"
 out="${1:?usage: prepare.sh OUTDIR}"
@@ -62,6 +62,8 @@ sha256sum "$images/container.qcow2" | cut -d' ' -f1 > "$images/container.sha256"
 cp "$here/l2-init" "$root/init"
 # The disk benchmark's I/O loop (the guest's busybox has no fio).
 gcc -O2 -static -o "$root/bin/iobench" "$here/iobench.c"
+# L1's timer for the boot benchmark's VMMs.
+gcc -O2 -static -o "$out/stamp" "$here/stamp.c"
 # udhcpc's script: configures what passt's DHCP server offered.
 cat > "$root/bin/dhcp-event" <<'SCRIPT'
 #!/bin/sh

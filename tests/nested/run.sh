@@ -14,7 +14,7 @@ shift 2
 root="$prepared/l1-root"
 rm -rf "$root"
 mkdir -p "$root/bin" "$root/modules" "$root/proc" "$root/sys" "$root/dev" "$root/tmp"
-cp /bin/busybox "$root/bin/busybox"
+cp /bin/busybox "$prepared/stamp" "$root/bin/"
 cp "$here/l1-init" "$root/init"
 chmod +x "$root/init"
 for scenario in "$@"; do echo "$scenario"; done > "$root/scenarios"
@@ -42,17 +42,24 @@ copy_with_libraries() {
 copy_with_libraries "$vmpod" vmpod
 mkdir -p "$root/usr/bin"
 copy_with_libraries "$(command -v passt)" usr/bin/passt
-if grep -qE " qemu(io|cloud)? " "$root/scenarios"; then
+if grep -qE " (boot-)?qemu(io|cloud)? " "$root/scenarios"; then
     mkdir -p "$root/usr/bin" "$root/qemu"
     copy_with_libraries /usr/bin/qemu-system-x86_64 usr/bin/qemu-system-x86_64
     cp /usr/share/qemu/bios-microvm.bin /usr/share/qemu/linuxboot_dma.bin /usr/share/qemu/kvmvapic.bin \
         /usr/share/seabios/bios-256k.bin "$root/qemu/"
 fi
+# Peers for the boot benchmark, when given (VMPOD_FIRECRACKER and
+# VMPOD_CLOUD_HYPERVISOR: paths to binaries built elsewhere).
+[ -z "${VMPOD_FIRECRACKER:-}" ] || copy_with_libraries "$VMPOD_FIRECRACKER" usr/bin/firecracker
+[ -z "${VMPOD_CLOUD_HYPERVISOR:-}" ] || copy_with_libraries "$VMPOD_CLOUD_HYPERVISOR" usr/bin/cloud-hypervisor
+# An older vmpod to compare with (VMPOD_BASELINE), as /vmpod-baseline.
+[ -z "${VMPOD_BASELINE:-}" ] || copy_with_libraries "$VMPOD_BASELINE" vmpod-baseline
 # The qcow2 images; the container disk where a containerDisk is by default.
 mkdir -p "$root/images" "$root/disk"
 cp "$prepared/images/base.raw" "$prepared/images/layer.qcow2" "$prepared/images/container.sha256" "$root/images/"
 cp "$prepared/images/container.qcow2" "$root/disk/"
 cp "$prepared/vmlinuz" "$root/l2-vmlinuz"
+[ -z "${VMPOD_L2_VMLINUX:-}" ] || cp "$VMPOD_L2_VMLINUX" "$root/l2-vmlinux"
 cp "$prepared/l2.cpio.gz" "$root/l2.cpio.gz"
 (cd "$root" && find . | cpio -o -H newc --quiet | gzip -1) > "$prepared/l1.cpio.gz"
 
