@@ -1,12 +1,27 @@
 //! Guest RAM: anonymous, lazily backed mappings (MAP_NORESERVE), so an idle
 //! guest costs the host only the pages it touched, and a reset gives the
-//! pages back instead of zeroing them one by one.
+//! pages back instead of zeroing them one by one. Each region starts on a
+//! 2 MiB boundary and is advised for transparent huge pages, so that KVM
+//! can map the guest with 2 MiB pages: a fault per 2 MiB instead of per
+//! 4 KiB, and fewer TLB misses for the guest's whole life (hosts whose THP
+//! mode is `madvise`, the common default, give huge pages only to memory
+//! advised so).
 //!
 //! Called by the VMM thread only.
 
-use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
+use std::sync::Arc;
+
+use vm_memory::{
+    GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion, GuestRegionMmap,
+    MmapRegion,
+};
 
 use super::layout;
+
+/// The size of an x86 huge page, which guest RAM is aligned to.
+const HUGE_PAGE: usize = 2 << 20;
+const RAM_PROTECTION: i32 = libc::PROT_READ | libc::PROT_WRITE;
+const RAM_FLAGS: i32 = libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE;
 
 #[derive(Debug, thiserror::Error)]
 pub enum MemoryError {
@@ -14,22 +29,145 @@ pub enum MemoryError {
     Map {
         size: u64,
         #[source]
-        source: vm_memory::mmap::FromRangesError,
+        source: std::io::Error,
     },
+    #[error("cannot describe guest memory at {start:#x} ({size} bytes)")]
+    Region { start: u64, size: u64 },
     #[error("cannot release guest memory for a reset")]
     Release(#[source] std::io::Error),
 }
 
+/// Guest RAM and the host mappings behind it. The memory is shared with
+/// devices through [`GuestRam::shared`]; the mappings go away with the
+/// last user.
+pub struct GuestRam {
+    memory: Option<Arc<GuestMemoryMmap>>,
+    mappings: Vec<Mapping>,
+}
+
+impl GuestRam {
+    /// The guest memory, to be shared with devices and vCPUs.
+    pub fn shared(&self) -> Arc<GuestMemoryMmap> {
+        Arc::clone(self.memory.as_ref().expect("present until dropped"))
+    }
+}
+
+impl std::ops::Deref for GuestRam {
+    type Target = GuestMemoryMmap;
+
+    fn deref(&self) -> &GuestMemoryMmap {
+        self.memory.as_ref().expect("present until dropped")
+    }
+}
+
+impl Drop for GuestRam {
+    fn drop(&mut self) {
+        if let Some(memory) = self.memory.take() {
+            match Arc::try_unwrap(memory) {
+                Ok(memory) => drop(memory),
+                // Someone still holds the memory: it stays mapped (for the
+                // life of the process) rather than vanish under them.
+                Err(_) => {
+                    log::debug!("guest memory still in use; left mapped");
+                    return;
+                }
+            }
+        }
+        self.mappings.drain(..).for_each(Mapping::unmap);
+    }
+}
+
+/// One host mapping of guest RAM.
+struct Mapping {
+    address: usize,
+    len: usize,
+}
+
+impl Mapping {
+    /// Maps `len` bytes (a multiple of 4 KiB) starting on a 2 MiB boundary:
+    /// maps 2 MiB more than asked, then gives back what lies before the
+    /// first boundary and after the end.
+    fn huge_page_aligned(len: usize) -> std::io::Result<Mapping> {
+        let padded = len + HUGE_PAGE;
+        // SAFETY: a new private anonymous mapping; no existing memory is touched.
+        let raw = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                padded,
+                RAM_PROTECTION,
+                RAM_FLAGS,
+                -1,
+                0,
+            )
+        };
+        if raw == libc::MAP_FAILED {
+            return Err(std::io::Error::last_os_error());
+        }
+        let start = raw as usize;
+        let address = start.next_multiple_of(HUGE_PAGE);
+        let (head, tail) = (address - start, start + padded - (address + len));
+        // SAFETY: both ranges lie inside the mapping just made, outside
+        // [address, address + len), and nothing refers to them.
+        unsafe {
+            if head > 0 {
+                libc::munmap(raw, head);
+            }
+            if tail > 0 {
+                libc::munmap((address + len) as *mut libc::c_void, tail);
+            }
+        }
+        // A host without transparent huge pages refuses the advice; the
+        // memory works the same with small pages.
+        // SAFETY: [address, address + len) is the mapping kept above.
+        if unsafe { libc::madvise(address as *mut libc::c_void, len, libc::MADV_HUGEPAGE) } != 0 {
+            log::debug!(
+                "no transparent huge pages for guest memory: {}",
+                std::io::Error::last_os_error()
+            );
+        }
+        Ok(Mapping { address, len })
+    }
+
+    fn unmap(self) {
+        // SAFETY: the mapping was made by `huge_page_aligned` and nothing
+        // refers to it any more (the guest memory built on it is gone).
+        unsafe { libc::munmap(self.address as *mut libc::c_void, self.len) };
+    }
+}
+
 /// Maps guest RAM for `memory_bytes` (a multiple of 4 KiB).
-pub fn create(memory_bytes: u64) -> Result<GuestMemoryMmap, MemoryError> {
-    let ranges: Vec<(GuestAddress, usize)> = layout::ram_regions(memory_bytes)
-        .into_iter()
-        .map(|(start, len)| (GuestAddress(start), len as usize))
-        .collect();
-    GuestMemoryMmap::from_ranges(&ranges).map_err(|source| MemoryError::Map {
+pub fn create(memory_bytes: u64) -> Result<GuestRam, MemoryError> {
+    // Holds the mappings from the start, so that an error unmaps them.
+    let mut ram = GuestRam {
+        memory: None,
+        mappings: Vec::new(),
+    };
+    let mut regions = Vec::new();
+    for (start, len) in layout::ram_regions(memory_bytes) {
+        let mapping =
+            Mapping::huge_page_aligned(len as usize).map_err(|source| MemoryError::Map {
+                size: memory_bytes,
+                source,
+            })?;
+        let (address, mapped) = (mapping.address, mapping.len);
+        ram.mappings.push(mapping);
+        // SAFETY: [address, address + mapped) is a live private anonymous
+        // mapping with these protections and flags; `GuestRam` unmaps it
+        // only after the guest memory built on it is dropped.
+        let region =
+            unsafe { MmapRegion::build_raw(address as *mut u8, mapped, RAM_PROTECTION, RAM_FLAGS) };
+        let region = region
+            .ok()
+            .and_then(|region| GuestRegionMmap::new(region, GuestAddress(start)))
+            .ok_or(MemoryError::Region { start, size: len })?;
+        regions.push(region);
+    }
+    let memory = GuestMemoryMmap::from_regions(regions).map_err(|_| MemoryError::Region {
+        start: 0,
         size: memory_bytes,
-        source,
-    })
+    })?;
+    ram.memory = Some(Arc::new(memory));
+    Ok(ram)
 }
 
 /// Returns every page to the kernel: the guest sees zeroes, the host
@@ -83,6 +221,85 @@ mod tests {
             after - before
         );
         drop(memory);
+    }
+
+    #[test]
+    fn regions_start_on_huge_page_boundaries_and_are_advised_for_huge_pages() {
+        // Above the 32-bit hole too: two regions, each aligned.
+        let memory = create((layout::MMIO_HOLE_START as usize + (4 << 20)) as u64).expect("map");
+        let mut starts = Vec::new();
+        for region in memory.iter() {
+            let host = region
+                .get_host_address(vm_memory::MemoryRegionAddress(0))
+                .expect("host address") as usize;
+            assert_eq!(host % HUGE_PAGE, 0, "region at {host:#x}");
+            starts.push(host);
+        }
+        assert_eq!(starts.len(), 2);
+        // The kernel shows the advice as the "hg" flag of the mapping, where
+        // it supports transparent huge pages.
+        let thp = std::fs::read_to_string("/sys/kernel/mm/transparent_hugepage/enabled")
+            .is_ok_and(|mode| !mode.contains("[never]"));
+        let smaps = std::fs::read_to_string("/proc/self/smaps").expect("smaps");
+        for start in starts {
+            let flags = mapping_flags(&smaps, start).expect("mapping listed");
+            assert!(!thp || flags.contains(&"hg"), "flags {flags:?}");
+        }
+    }
+
+    #[test]
+    fn the_mappings_go_when_the_memory_does_but_not_before() {
+        let memory = create(8 << 20).expect("map");
+        let host = memory
+            .iter()
+            .next()
+            .and_then(|region| {
+                region
+                    .get_host_address(vm_memory::MemoryRegionAddress(0))
+                    .ok()
+            })
+            .expect("host address") as usize;
+        let user = memory.shared();
+        drop(memory);
+        // A device still holding the memory can use it.
+        user.write_obj(7u64, GuestAddress(0x2000))
+            .expect("still mapped");
+        drop(user);
+        let second = create(8 << 20).expect("map");
+        let second_host = second
+            .iter()
+            .next()
+            .and_then(|region| {
+                region
+                    .get_host_address(vm_memory::MemoryRegionAddress(0))
+                    .ok()
+            })
+            .expect("host address") as usize;
+        drop(second);
+        let smaps = std::fs::read_to_string("/proc/self/smaps").expect("smaps");
+        // The first mapping outlived its GuestRam (a user held it), the
+        // second is gone with it.
+        assert!(mapping_flags(&smaps, host).is_some());
+        assert!(mapping_flags(&smaps, second_host).is_none());
+    }
+
+    /// The VmFlags of the mapping that starts at `start`, from smaps.
+    fn mapping_flags(smaps: &str, start: usize) -> Option<Vec<&str>> {
+        let mut in_mapping = false;
+        for line in smaps.lines() {
+            if let Some((range, _)) = line.split_once(' ') {
+                if let Some((from, _)) = range.split_once('-') {
+                    if let Ok(from) = usize::from_str_radix(from, 16) {
+                        in_mapping = from == start;
+                        continue;
+                    }
+                }
+            }
+            if let (true, Some(flags)) = (in_mapping, line.strip_prefix("VmFlags:")) {
+                return Some(flags.split_whitespace().collect());
+            }
+        }
+        None
     }
 
     fn resident_kib() -> i64 {

@@ -171,7 +171,9 @@ struct Vmm<'a> {
 /// Boots `config` and serves it until the guest powers off or fails.
 pub fn run(kvm: &Kvm, config: &VmConfig, io: VmmIo) -> Result<Outcome, VmmError> {
     vcpu::install_kick_handler().map_err(io_error("install the vCPU kick signal handler"))?;
-    let guest_memory = Arc::new(memory::create(config.memory_bytes)?);
+    // Declared first, so dropped last: after every device and vCPU.
+    let guest_ram = memory::create(config.memory_bytes)?;
+    let guest_memory = guest_ram.shared();
     let output = console::StdoutBuffer::new(io.stdout_buffer)
         .map_err(io_error("create the console output buffer"))?;
     let writer = console::ConsoleWriter::new(output.clone(), io.console_tee);
@@ -516,6 +518,9 @@ fn create_vcpus(
     let supported = kvm
         .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
         .map_err(kvm_error("report its CPUID"))?;
+    let extras = cpu::Extras {
+        tsc_deadline: kvm.check_extension(kvm_ioctls::Cap::TscDeadlineTimer),
+    };
     let mut vcpus = Vec::with_capacity(apic_ids.len());
     for (index, apic_id) in apic_ids.iter().enumerate() {
         let index = index as u32;
@@ -527,7 +532,7 @@ fn create_vcpus(
         cpu::set_cpuid(
             &vcpu,
             index,
-            &cpu::vcpu_cpuid(&supported, &config.cpu, *apic_id),
+            &cpu::vcpu_cpuid(&supported, &config.cpu, *apic_id, extras),
         )?;
         let refused = cpu::set_boot_msrs(&vcpu);
         if first_boot && index == 0 && !refused.is_empty() {
