@@ -40,11 +40,27 @@ const LEAF_FEATURES: u32 = 1;
 const LEAF_CACHE_TOPOLOGY: u32 = 4;
 const LEAF_EXTENDED_TOPOLOGY: u32 = 0xb;
 const LEAF_V2_EXTENDED_TOPOLOGY: u32 = 0x1f;
+const FEATURE_ECX_TSC_DEADLINE: u32 = 1 << 24;
 const FEATURE_ECX_HYPERVISOR: u32 = 1 << 31;
 const FEATURE_EDX_HTT: u32 = 1 << 28;
 
+/// What vmpod adds to the host's supported CPUID.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Extras {
+    /// KVM emulates the local APIC's TSC-deadline mode
+    /// (`KVM_CAP_TSC_DEADLINE_TIMER`) but leaves its CPUID bit out of the
+    /// supported set; with it, Linux programs its timer by deadline and
+    /// need not calibrate the APIC timer against another clock.
+    pub tsc_deadline: bool,
+}
+
 /// Adapts the host's supported CPUID to one vCPU of this topology.
-pub fn vcpu_cpuid(supported: &CpuId, topology: &CpuTopology, apic_id: u32) -> CpuId {
+pub fn vcpu_cpuid(
+    supported: &CpuId,
+    topology: &CpuTopology,
+    apic_id: u32,
+    extras: Extras,
+) -> CpuId {
     let mut cpuid = supported.clone();
     let per_socket = topology.cores * topology.threads;
     let thread_bits = topology.thread_bits();
@@ -56,6 +72,9 @@ pub fn vcpu_cpuid(supported: &CpuId, topology: &CpuTopology, apic_id: u32) -> Cp
                     | (apic_id << 24)
                     | ((1 << (core_bits + thread_bits)) << 16);
                 entry.ecx |= FEATURE_ECX_HYPERVISOR;
+                if extras.tsc_deadline {
+                    entry.ecx |= FEATURE_ECX_TSC_DEADLINE;
+                }
                 if per_socket > 1 {
                     entry.edx |= FEATURE_EDX_HTT;
                 }
@@ -306,6 +325,26 @@ mod tests {
         );
         let tss = segment(GDT[3], TSS_SELECTOR);
         assert_eq!((tss.s, tss.type_), (0, 0xb));
+    }
+
+    #[test]
+    fn the_tsc_deadline_bit_follows_kvm() {
+        let mut supported = CpuId::new(1).expect("cpuid");
+        supported.as_mut_slice()[0].function = LEAF_FEATURES;
+        let topology = CpuTopology {
+            sockets: 1,
+            cores: 2,
+            threads: 1,
+        };
+        let leaf_1 = |tsc_deadline| {
+            vcpu_cpuid(&supported, &topology, 1, Extras { tsc_deadline }).as_slice()[0].ecx
+        };
+        assert_eq!(
+            leaf_1(true) & FEATURE_ECX_TSC_DEADLINE,
+            FEATURE_ECX_TSC_DEADLINE
+        );
+        assert_eq!(leaf_1(false) & FEATURE_ECX_TSC_DEADLINE, 0);
+        assert_ne!(leaf_1(false) & FEATURE_ECX_HYPERVISOR, 0);
     }
 
     #[test]
