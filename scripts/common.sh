@@ -49,8 +49,10 @@ ensure_rust() {
 # ensure_podman: podman as root, configured as this kind of host needs it
 # (runc; no default ulimits, which a container host may not allow raising),
 # and /dev/kvm open to the non-root user (uid 107) vmpod's pods run as.
+# catatonit is only a Recommends of Debian's podman, but without it podman
+# cannot build the local pause image every `podman kube play` needs.
 ensure_podman() {
-    ensure_packages podman runc
+    ensure_packages podman runc catatonit
     local conf=/etc/containers/containers.conf.d/50-vmpod.conf
     if [ ! -f "$conf" ]; then
         say "configuring podman: $conf (runtime runc, no default ulimits)"
