@@ -5,7 +5,10 @@
 //! can map the guest with 2 MiB pages: a fault per 2 MiB instead of per
 //! 4 KiB, and fewer TLB misses for the guest's whole life (hosts whose THP
 //! mode is `madvise`, the common default, give huge pages only to memory
-//! advised so).
+//! advised so). The first 2 MiB of guest memory are left to small pages:
+//! what lives there (boot structures, page tables, ACPI tables, a tiny
+//! guest's whole world) is a few scattered KiB, which a huge page would
+//! make 2 MiB of resident memory.
 //!
 //! Called by the VMM thread only.
 
@@ -86,8 +89,9 @@ struct Mapping {
 impl Mapping {
     /// Maps `len` bytes (a multiple of 4 KiB) starting on a 2 MiB boundary:
     /// maps 2 MiB more than asked, then gives back what lies before the
-    /// first boundary and after the end.
-    fn huge_page_aligned(len: usize) -> std::io::Result<Mapping> {
+    /// first boundary and after the end. Advises huge pages from `advise_from`
+    /// bytes in.
+    fn huge_page_aligned(len: usize, advise_from: usize) -> std::io::Result<Mapping> {
         let padded = len + HUGE_PAGE;
         // SAFETY: a new private anonymous mapping; no existing memory is touched.
         let raw = unsafe {
@@ -118,8 +122,11 @@ impl Mapping {
         }
         // A host without transparent huge pages refuses the advice; the
         // memory works the same with small pages.
-        // SAFETY: [address, address + len) is the mapping kept above.
-        if unsafe { libc::madvise(address as *mut libc::c_void, len, libc::MADV_HUGEPAGE) } != 0 {
+        let advised = (address + advise_from.min(len)) as *mut libc::c_void;
+        let advised_len = len.saturating_sub(advise_from);
+        // SAFETY: the advised range lies inside the mapping kept above.
+        let refused = unsafe { libc::madvise(advised, advised_len, libc::MADV_HUGEPAGE) } != 0;
+        if advised_len > 0 && refused {
             log::debug!(
                 "no transparent huge pages for guest memory: {}",
                 std::io::Error::last_os_error()
@@ -144,11 +151,13 @@ pub fn create(memory_bytes: u64) -> Result<GuestRam, MemoryError> {
     };
     let mut regions = Vec::new();
     for (start, len) in layout::ram_regions(memory_bytes) {
-        let mapping =
-            Mapping::huge_page_aligned(len as usize).map_err(|source| MemoryError::Map {
+        let small_pages = if start == 0 { HUGE_PAGE } else { 0 };
+        let mapping = Mapping::huge_page_aligned(len as usize, small_pages).map_err(|source| {
+            MemoryError::Map {
                 size: memory_bytes,
                 source,
-            })?;
+            }
+        })?;
         let (address, mapped) = (mapping.address, mapping.len);
         ram.mappings.push(mapping);
         // SAFETY: [address, address + mapped) is a live private anonymous
@@ -224,7 +233,7 @@ mod tests {
     }
 
     #[test]
-    fn regions_start_on_huge_page_boundaries_and_are_advised_for_huge_pages() {
+    fn regions_start_on_huge_page_boundaries_and_are_advised_for_huge_pages_but_the_first_2_mib() {
         // Above the 32-bit hole too: two regions, each aligned.
         let memory = create((layout::MMIO_HOLE_START as usize + (4 << 20)) as u64).expect("map");
         let mut starts = Vec::new();
@@ -241,7 +250,9 @@ mod tests {
         let thp = std::fs::read_to_string("/sys/kernel/mm/transparent_hugepage/enabled")
             .is_ok_and(|mode| !mode.contains("[never]"));
         let smaps = std::fs::read_to_string("/proc/self/smaps").expect("smaps");
-        for start in starts {
+        let low = mapping_flags(&smaps, starts[0]).expect("low 2 MiB listed");
+        assert!(!low.contains(&"hg"), "flags of the low 2 MiB {low:?}");
+        for start in [starts[0] + HUGE_PAGE, starts[1]] {
             let flags = mapping_flags(&smaps, start).expect("mapping listed");
             assert!(!thp || flags.contains(&"hg"), "flags {flags:?}");
         }
