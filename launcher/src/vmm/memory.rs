@@ -236,15 +236,11 @@ mod tests {
     fn regions_start_on_huge_page_boundaries_and_are_advised_for_huge_pages_but_the_first_2_mib() {
         // Above the 32-bit hole too: two regions, each aligned.
         let memory = create((layout::MMIO_HOLE_START as usize + (4 << 20)) as u64).expect("map");
-        let mut starts = Vec::new();
-        for region in memory.iter() {
-            let host = region
-                .get_host_address(vm_memory::MemoryRegionAddress(0))
-                .expect("host address") as usize;
-            assert_eq!(host % HUGE_PAGE, 0, "region at {host:#x}");
-            starts.push(host);
-        }
+        let starts = host_starts(&memory);
         assert_eq!(starts.len(), 2);
+        for host in &starts {
+            assert_eq!(host % HUGE_PAGE, 0, "region at {host:#x}");
+        }
         // The kernel shows the advice as the "hg" flag of the mapping, where
         // it supports transparent huge pages.
         let thp = std::fs::read_to_string("/sys/kernel/mm/transparent_hugepage/enabled")
@@ -261,15 +257,7 @@ mod tests {
     #[test]
     fn the_mappings_go_when_the_memory_does_but_not_before() {
         let memory = create(8 << 20).expect("map");
-        let host = memory
-            .iter()
-            .next()
-            .and_then(|region| {
-                region
-                    .get_host_address(vm_memory::MemoryRegionAddress(0))
-                    .ok()
-            })
-            .expect("host address") as usize;
+        let host = host_starts(&memory)[0];
         let user = memory.shared();
         drop(memory);
         // A device still holding the memory can use it.
@@ -277,21 +265,25 @@ mod tests {
             .expect("still mapped");
         drop(user);
         let second = create(8 << 20).expect("map");
-        let second_host = second
-            .iter()
-            .next()
-            .and_then(|region| {
-                region
-                    .get_host_address(vm_memory::MemoryRegionAddress(0))
-                    .ok()
-            })
-            .expect("host address") as usize;
+        let second_host = host_starts(&second)[0];
         drop(second);
         let smaps = std::fs::read_to_string("/proc/self/smaps").expect("smaps");
         // The first mapping outlived its GuestRam (a user held it), the
         // second is gone with it.
         assert!(mapping_flags(&smaps, host).is_some());
         assert!(mapping_flags(&smaps, second_host).is_none());
+    }
+
+    /// Where each region of guest memory starts in vmpod's address space.
+    fn host_starts(memory: &GuestMemoryMmap) -> Vec<usize> {
+        memory
+            .iter()
+            .map(|region| {
+                region
+                    .get_host_address(vm_memory::MemoryRegionAddress(0))
+                    .expect("host address") as usize
+            })
+            .collect()
     }
 
     /// The VmFlags of the mapping that starts at `start`, from smaps.
