@@ -3,6 +3,7 @@
 inside L1 (see the shared TESTING.md). Where QEMU is missing these tests
 are skipped with that reason, never passed."""
 
+import re
 import subprocess
 
 import pytest
@@ -19,6 +20,7 @@ SCENARIOS = (
     "ctrlaltdel vmpod 2 keys:ctrl-alt-delete poweroff",
     "passtdies vmpod 1 killpasst",
     "screen vmpodscreen 1 display",
+    "boot boot-vmpod 2",
 )
 
 
@@ -230,3 +232,30 @@ def test_the_stock_kernels_console_is_on_the_vnc_screen_and_vnc_keys_reach_tty1(
     assert seen["type"].returncode == 0, seen["type"].stderr
     assert result(run, "typed") == "yes", run["stdout"]
     assert result(run, "exit") == "0", run["stderr"]
+
+
+def test_the_kernel_places_itself_at_random_on_every_boot(nested):
+    """KASLR works under vmpod: the kernel's decompressor finds the memory
+    map and the randomness it needs (RDRAND, the TSC) and moves its text
+    from where it was linked. (One of ~480 slots is the linked address, so
+    only both boots of the reboot scenario there would be a failure.)"""
+    texts = re.findall(r"L2: kernel text at (\w+)", nested["reboot"]["stdout"])
+    assert len(texts) == 2, nested["reboot"]["stdout"]
+    assert set(texts) - {"ffffffff81000000"}, texts
+
+
+def test_linux_programs_its_timer_by_tsc_deadline(nested):
+    assert "L2: timer by tsc-deadline" in nested["poweroff"]["stdout"], nested["poweroff"]["stdout"]
+
+
+def test_the_boot_benchmark_times_a_boot_and_counts_what_it_cost_kvm(nested):
+    """The scenario behind benches/nested_linux_boot.py: /init powers off at
+    once; L1 times the first guest instruction, /init and the exit, and
+    counts KVM's exits."""
+    run = nested["boot"]
+    assert result(run, "exit") == "0", run["stderr"]
+    first_entry, at_init, ended = (float(result(run, key)) for key in ("first_entry", "init_wall", "exit_after"))
+    assert 0 < first_entry < at_init < ended, run["result"]
+    assert float(result(run, "init_uptime")) > 0
+    exits = next(entry for entry in run["result"] if entry.startswith("counts kvm_exit."))
+    assert sum(int(pair.split("=")[1]) for pair in exits.split()[2:]) > 1000, exits
