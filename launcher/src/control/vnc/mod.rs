@@ -65,6 +65,19 @@ pub struct VncServer {
     frame: Vec<u32>,
 }
 
+/// The frame timer, whose read never blocks: a viewer served earlier in
+/// the same batch of events may have disarmed it after epoll saw it
+/// expire, and a blocking read of a disarmed timer would stop the whole
+/// control thread (console, QMP, every viewer) for good.
+fn frame_timer() -> std::io::Result<TimerFd> {
+    let timer = TimerFd::new()?;
+    // SAFETY: F_SETFL changes only the flags of the timer's own descriptor.
+    if unsafe { libc::fcntl(timer.as_raw_fd(), libc::F_SETFL, libc::O_NONBLOCK) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(timer)
+}
+
 impl VncServer {
     pub fn new(
         listener: UnixListener,
@@ -74,7 +87,7 @@ impl VncServer {
         listener.set_nonblocking(true)?;
         Ok(VncServer {
             listener,
-            timer: TimerFd::new()?,
+            timer: frame_timer()?,
             timer_armed: false,
             framebuffer,
             name: name.to_owned(),

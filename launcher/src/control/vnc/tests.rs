@@ -372,3 +372,26 @@ fn broken_viewers_are_refused_with_the_reason() {
         .expect_err("colour map");
     assert!(refusal.contains("colour-map"), "{refusal}");
 }
+
+#[test]
+fn a_frame_timer_disarmed_after_it_fired_does_not_block_its_reader() {
+    // What happens when a viewer served in the same epoll batch stops the
+    // timer that epoll has just reported: the read must return, not wait.
+    let mut timer = super::frame_timer().expect("timer");
+    timer
+        .reset(std::time::Duration::from_millis(1), None)
+        .expect("arm");
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    timer.clear().expect("disarm");
+    let (done, finished) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = timer.wait();
+        let _ = done.send(());
+    });
+    assert!(
+        finished
+            .recv_timeout(std::time::Duration::from_secs(5))
+            .is_ok(),
+        "reading the disarmed timer blocked"
+    );
+}
