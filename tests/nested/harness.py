@@ -31,8 +31,8 @@ FIRST_OUTPUT_SECONDS = 180
 # kernel (its KVM under TCG) fails now and then whatever vmpod it runs:
 # a stack guard page hit in a vCPU thread, a soft lockup (seen with the
 # vmpod from before the boot-time work as with later ones, in up to one L1
-# in three). A run showing one of these signs is run again, up to
-# ATTEMPTS in all; one that hung, or whose L2 triple-faulted, once.
+# in three), or it stalls. Scenarios that did not finish cleanly are run
+# again in a new L1, up to ATTEMPTS runs in all.
 ATTEMPTS = 3
 # A soft-locked L1 goes on printing its watchdog's complaints; this long
 # after the first sign of trouble, L1 is stopped (its kernel's report is
@@ -41,8 +41,9 @@ TROUBLE_SECONDS = 60
 L1_KERNEL_TROUBLE = ("Kernel panic", "BUG: soft lockup", "corrupted stack end", "stack guard page was hit")
 # What vmpod logs when its guest triple-faults.
 L2_TRIPLE_FAULT = "the guest reset (triple fault)"
-# L1 prints a line at least every few seconds while a scenario runs (the
-# guest's console, vmpod's log); this long without one is a stall.
+# L1 prints a scenario's output when its VM has ended; meanwhile a RESULT
+# line at each step, and l1-init's own waits give up after 180 s (the cloud
+# scenario says it is alive every 95 s). This long without a line is a stall.
 STALL_SECONDS = 300
 
 
@@ -105,69 +106,113 @@ def prepare_cloud(prepared):
         raise RuntimeError(f"building the Debian cloud image failed:\n{built.stdout}\n{built.stderr}")
 
 
+def scenario_parts(output):
+    """{name: the part of L1's output from that scenario's "starting-at"
+    line to the next scenario's}; what L1's kernel printed meanwhile is in
+    it too."""
+    parts, name = {}, None
+    for line in output.splitlines(keepends=True):
+        if line.startswith("L1: RESULT ") and " starting-at=" in line:
+            name = line.split()[2]
+            parts[name] = ""
+        if name is not None:
+            parts[name] += line
+    return parts
+
+
+def ended(name, part):
+    """Whether a scenario got as far as its closing RESULT line (exit=)."""
+    return any(line.startswith(f"L1: RESULT {name} ") and " exit=" in line for line in part.splitlines())
+
+
+def environment_trouble(part):
+    """Why this part of L1's output is not a vmpod result, or None."""
+    # L1's own kernel in trouble (its KVM under TCG).
+    signs = [sign for sign in L1_KERNEL_TROUBLE if sign in part]
+    if signs:
+        return f"showed {', '.join(signs)}"
+    # No scenario makes an L2 guest triple-fault; L1's KVM under TCG has
+    # been seen to end an L2 that way (and to crash L1 itself) in runs
+    # where the same vmpod passed before and after.
+    if L2_TRIPLE_FAULT in part:
+        return "saw an L2 guest triple-fault"
+    return None
+
+
 def run(vmpod_binary, *scenarios, timeout=900, vnc_port=None, when=None):
     """Boots L1 under QEMU TCG and runs the scenarios (NAME VMM VCPUS COMMAND...).
     Returns {name: {"result": [...], "stdout", "stderr", "serial", "qmp": str}}:
     vmpod's output, what /vm/serial showed a newcomer, and QMP replies.
     With `vnc_port`, that host port reaches L1's port 5900 (a scenario's
-    `display` command); `when` as for run_l1."""
+    `display` command); `when` as for run_l1.
+
+    L1 under TCG fails now and then whatever it runs (see ATTEMPTS): when
+    it stalls, ends early or shows trouble, L1 is booted again, up to
+    ATTEMPTS times in all, for the scenarios that had not finished cleanly
+    (those that had are kept). The last attempt's finished scenarios are
+    taken as they are; the tests say what went wrong in them."""
     if shutil.which("qemu-system-x86_64") is None:
         raise Unavailable("qemu-system-x86 is not installed, so the nested Linux-guest harness cannot run")
     prepared = TARGET / "nested"
     subprocess.run([REPO / "tests/nested/prepare.sh", prepared], check=True, capture_output=True)
     if any(scenario.split()[1] in ("cloud", "qemucloud") for scenario in scenarios):
         prepare_cloud(prepared)
-    command = [REPO / "tests/nested/run.sh", prepared, vmpod_binary, *scenarios]
     # One log per set of scenarios, so a later run does not overwrite it.
     log = prepared / f"run-{scenarios[0].split()[0]}.log"
     env = dict(os.environ, VMPOD_VNC_PORT=str(vnc_port)) if vnc_port else None
+    remaining, kept, outputs = list(scenarios), {}, []
     for attempt in range(1, ATTEMPTS + 1):
+        command = [REPO / "tests/nested/run.sh", prepared, vmpod_binary, *remaining]
         output, finished = run_l1(command, timeout, when, env, live=log.with_suffix(".live.log"))
-        log.write_text(output)
-        silent = not any("L1: " in line for line in output.splitlines())
-        completed = "L1: RESULT done" in output
-        # L1's own kernel in trouble (its KVM under TCG), not a vmpod result.
-        l1_trouble = [sign for sign in L1_KERNEL_TROUBLE if sign in output]
-        # No scenario makes an L2 guest triple-fault; L1's KVM under TCG
-        # has been seen to end an L2 that way (and to crash L1 itself) in
-        # runs where the same vmpod passed before and after.
-        l2_crash = L2_TRIPLE_FAULT in output
-        if finished and completed and not l1_trouble and not l2_crash:
+        outputs.append(f"=== attempt {attempt}: {', '.join(s.split()[0] for s in remaining)}\n{output}")
+        log.write_text("".join(outputs))
+        parts = scenario_parts(output)
+        why = None
+        for scenario in remaining:
+            name = scenario.split()[0]
+            part = parts.get(name)
+            if part is None or not ended(name, part):
+                why = ("printed nothing of its own" if not parts and finished
+                       else "stalled or did not finish" if not finished
+                       else "ended early")
+                why = f"{why} (during {name})" if part is not None else why
+                break
+            trouble = environment_trouble(part)
+            if trouble and attempt < ATTEMPTS:
+                why = f"{trouble} (during {name})"
+                break
+            kept[name] = part
+        remaining = [scenario for scenario in remaining if scenario.split()[0] not in kept]
+        if not remaining:
             break
-        # Only L1's own kernel failing earns more than one more run.
-        if attempt == ATTEMPTS or (attempt > 1 and not l1_trouble):
-            if silent or not finished:
-                what = "ended without printing anything of its own" if finished else "stalled or did not finish"
-                raise Hung(f"the nested harness {what} (attempt {attempt}); its output is in {log}")
-            break  # the tests say what went wrong the last time
-        why = ("printed nothing of its own" if silent
-               else "stalled or did not finish" if not finished
-               else f"showed {', '.join(l1_trouble)} in its own kernel" if l1_trouble
-               else "saw an L2 guest triple-fault" if l2_crash
-               else "ended before its last scenario")
-        failed = log.with_suffix(f".attempt{attempt}.log")
-        failed.write_text(output)
-        warnings.warn(f"nested harness: L1 {why}; running it again (attempt {attempt}'s output is in {failed}); it ended:\n"
-                      f"{output[-3000:]}")
+        # A qemucloud scenario boots the seed disk its cloud scenario made.
+        at = scenarios.index(remaining[0])
+        if remaining[0].split()[1] == "qemucloud" and at > 0 and scenarios[at - 1].split()[1] == "cloud":
+            kept.pop(scenarios[at - 1].split()[0], None)
+            remaining.insert(0, scenarios[at - 1])
+        if attempt == ATTEMPTS:
+            tail = "".join(output.splitlines(keepends=True)[-40:])
+            names = ", ".join(scenario.split()[0] for scenario in remaining)
+            raise Hung(f"L1 {why} in each of {ATTEMPTS} attempts; {names} never finished. "
+                       f"All attempts are in {log}; the last ended:\n{tail}")
+        warnings.warn(f"nested harness: L1 {why}; booting it again for {', '.join(s.split()[0] for s in remaining)} "
+                      f"(attempt {attempt} is in {log}); it ended:\n{output[-3000:]}")
     runs = {}
-    for line in output.splitlines():
-        if not line.startswith("L1: "):
-            continue
-        words = line[4:].split(" ", 2)
-        if len(words) < 3:
-            continue
-        name = words[1] if words[0] == "RESULT" else words[0]
-        entry = runs.setdefault(name, {"result": [], "stdout": "", "stderr": "", "serial": "", "qmp": ""})
-        if words[0] == "RESULT":
-            entry["result"].append(words[2])
-        elif words[1] in ("stdout", "stderr", "serial") and words[2].startswith("| "):
-            entry[words[1]] += words[2][2:] + "\n"
-        elif words[1] == "qmp":
-            entry["qmp"] += words[2] + "\n"
-    missing = [scenario.split()[0] for scenario in scenarios if scenario.split()[0] not in runs]
-    if missing:
-        tail = "".join(output.splitlines(keepends=True)[-40:])
-        raise Hung(f"L1 ended without running {', '.join(missing)}; its output is in {log}, ending:\n{tail}")
+    for scenario in scenarios:
+        for line in kept[scenario.split()[0]].splitlines():
+            if not line.startswith("L1: "):
+                continue
+            words = line[4:].split(" ", 2)
+            if len(words) < 3:
+                continue
+            name = words[1] if words[0] == "RESULT" else words[0]
+            entry = runs.setdefault(name, {"result": [], "stdout": "", "stderr": "", "serial": "", "qmp": ""})
+            if words[0] == "RESULT":
+                entry["result"].append(words[2])
+            elif words[1] in ("stdout", "stderr", "serial") and words[2].startswith("| "):
+                entry[words[1]] += words[2][2:] + "\n"
+            elif words[1] == "qmp":
+                entry["qmp"] += words[2] + "\n"
     return runs
 
 
