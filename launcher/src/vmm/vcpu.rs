@@ -211,6 +211,7 @@ fn run(mut vcpu: VcpuFd, index: usize, shared: &VcpuShared) {
         }
         let request = match vcpu.run() {
             Ok(VcpuExit::InternalError) => Some(internal_error(&mut vcpu, index)),
+            Ok(VcpuExit::Shutdown) => Some(triple_fault(&vcpu, index)),
             Ok(exit) => handle_exit(exit, index, shared),
             Err(error) if error.errno() == libc::EINTR || error.errno() == libc::EAGAIN => {
                 vcpu.set_kvm_immediate_exit(0);
@@ -254,6 +255,27 @@ fn internal_error(vcpu: &mut VcpuFd, index: usize) -> Command {
     })
 }
 
+/// A triple fault resets the guest, as on real hardware; the log says
+/// where the vCPU was, so a guest that crashed (its stack, page tables or
+/// IDT gone bad) can be told from one that reset that way on purpose.
+fn triple_fault(vcpu: &VcpuFd, index: usize) -> Command {
+    match (vcpu.get_regs(), vcpu.get_sregs()) {
+        (Ok(regs), Ok(sregs)) => log::info!(
+            "vCPU {index} triple-faulted at rip {:#x} (rsp {:#x}, cr0 {:#x}, cr2 {:#x}, cr3 {:#x}, cr4 {:#x}, idt {:#x}+{:#x})",
+            regs.rip,
+            regs.rsp,
+            sregs.cr0,
+            sregs.cr2,
+            sregs.cr3,
+            sregs.cr4,
+            sregs.idt.base,
+            sregs.idt.limit
+        ),
+        _ => log::info!("vCPU {index} triple-faulted"),
+    }
+    Command::GuestReset("triple fault")
+}
+
 /// Handles one exit; returns a request when the VM must change state.
 fn handle_exit(exit: VcpuExit, index: usize, shared: &VcpuShared) -> Option<Command> {
     match exit {
@@ -282,7 +304,6 @@ fn handle_exit(exit: VcpuExit, index: usize, shared: &VcpuShared) -> Option<Comm
         VcpuExit::Hlt => {
             log::debug!("vCPU {index} halted with no interrupt controller to wake it");
         }
-        VcpuExit::Shutdown => return Some(Command::GuestReset("triple fault")),
         VcpuExit::SystemEvent(kind, _) => {
             return Some(match kind {
                 kvm_bindings::KVM_SYSTEM_EVENT_SHUTDOWN => Command::GuestPoweroff,
