@@ -18,7 +18,8 @@ cp /bin/busybox "$prepared/stamp" "$root/bin/"
 cp "$here/l1-init" "$root/init"
 chmod +x "$root/init"
 for scenario in "$@"; do echo "$scenario"; done > "$root/scenarios"
-# L2_KERNEL_ARGS overrides the L2 command line (for debugging).
+# L2_KERNEL_ARGS overrides the L2 command line, L1_KERNEL_ARGS adds to
+# L1's (for debugging).
 [ -z "${L2_KERNEL_ARGS:-}" ] || echo "$L2_KERNEL_ARGS" > "$root/kernel_args"
 # KVM, and virtio-net over PCI for L1's own network (QEMU user networking),
 # which passt needs: an interface with a default route.
@@ -73,4 +74,4 @@ exec qemu-system-x86_64 -accel tcg -cpu max -smp 2 -m 3072 -nographic -no-reboot
     -nodefaults -no-user-config -serial stdio \
     -nic "user,model=virtio-net-pci${VMPOD_VNC_PORT:+,hostfwd=tcp:127.0.0.1:$VMPOD_VNC_PORT-:5900}" $cloud_disk \
     -kernel "$prepared/vmlinuz" -initrd "$prepared/l1.cpio.gz" \
-    -append "console=ttyS0 panic=-1 quiet"
+    -append "console=ttyS0 panic=-1 quiet ${L1_KERNEL_ARGS:-}"
