@@ -193,8 +193,8 @@ def run(vmpod_binary, *scenarios, timeout=900, vnc_port=None, when=None):
         if attempt == ATTEMPTS:
             tail = "".join(output.splitlines(keepends=True)[-40:])
             names = ", ".join(scenario.split()[0] for scenario in remaining)
-            raise Hung(f"L1 {why} in each of {ATTEMPTS} attempts; {names} never finished. "
-                       f"All attempts are in {log}; the last ended:\n{tail}")
+            raise Hung(f"{names} never finished in {ATTEMPTS} runs of L1 (the last {why}); "
+                       f"all of them are in {log}; the last ended:\n{tail}")
         warnings.warn(f"nested harness: L1 {why}; booting it again for {', '.join(s.split()[0] for s in remaining)} "
                       f"(attempt {attempt} is in {log}); it ended:\n{output[-3000:]}")
     runs = {}
