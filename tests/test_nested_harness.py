@@ -92,3 +92,16 @@ def test_a_qemucloud_scenario_runs_again_with_the_cloud_scenario_that_made_its_s
         runs = harness.run("vmpod", "vmpod-0 cloud 2", "qemu-0 qemucloud 2")
     assert given == [["vmpod-0", "qemu-0"], ["vmpod-0", "qemu-0"]]
     assert sorted(runs) == ["qemu-0", "vmpod-0"]
+
+
+def test_a_run_that_finished_with_trouble_is_kept_when_later_l1s_do_worse(l1):
+    script, given = l1
+    crash = "L1: one stderr | vmpod: info: the guest reset (triple fault): booting it again\n"
+    script.append((scenario_output("one", extra=crash), True))
+    for _ in range(harness.ATTEMPTS - 1):
+        script.append(("L1: RESULT one starting-at=7 s\n", False))
+    with pytest.warns(UserWarning):
+        runs = harness.run("vmpod", SCENARIOS[0])
+    assert len(given) == harness.ATTEMPTS
+    assert "triple fault" in runs["one"]["stderr"]
+    assert harness.value(runs["one"], "exit") == "0"

@@ -160,7 +160,9 @@ def run(vmpod_binary, *scenarios, timeout=900, vnc_port=None, when=None):
     # One log per set of scenarios, so a later run does not overwrite it.
     log = prepared / f"run-{scenarios[0].split()[0]}.log"
     env = dict(os.environ, VMPOD_VNC_PORT=str(vnc_port)) if vnc_port else None
-    remaining, kept, outputs = list(scenarios), {}, []
+    # kept: scenarios that finished cleanly; fallback: the last run of each
+    # that finished, but with trouble (better than none if later L1s fail).
+    remaining, kept, fallback, outputs = list(scenarios), {}, {}, []
     for attempt in range(1, ATTEMPTS + 1):
         command = [REPO / "tests/nested/run.sh", prepared, vmpod_binary, *remaining]
         output, finished = run_l1(command, timeout, when, env, live=log.with_suffix(".live.log"))
@@ -180,9 +182,20 @@ def run(vmpod_binary, *scenarios, timeout=900, vnc_port=None, when=None):
             trouble = environment_trouble(part)
             if trouble and attempt < ATTEMPTS:
                 why = f"{trouble} (during {name})"
+                fallback[name] = part
                 break
             kept[name] = part
         remaining = [scenario for scenario in remaining if scenario.split()[0] not in kept]
+        if remaining and attempt == ATTEMPTS:
+            # A scenario that finished in an earlier L1, though with trouble,
+            # is better than none: its tests say what went wrong in it.
+            kept.update({name: part for name, part in fallback.items() if name not in kept})
+            remaining = [scenario for scenario in remaining if scenario.split()[0] not in kept]
+            if remaining:
+                tail = "".join(output.splitlines(keepends=True)[-40:])
+                names = ", ".join(scenario.split()[0] for scenario in remaining)
+                raise Hung(f"{names} never finished in {ATTEMPTS} runs of L1 (the last {why}); "
+                           f"all of them are in {log}; the last ended:\n{tail}")
         if not remaining:
             break
         # A qemucloud scenario boots the seed disk its cloud scenario made.
@@ -190,11 +203,6 @@ def run(vmpod_binary, *scenarios, timeout=900, vnc_port=None, when=None):
         if remaining[0].split()[1] == "qemucloud" and at > 0 and scenarios[at - 1].split()[1] == "cloud":
             kept.pop(scenarios[at - 1].split()[0], None)
             remaining.insert(0, scenarios[at - 1])
-        if attempt == ATTEMPTS:
-            tail = "".join(output.splitlines(keepends=True)[-40:])
-            names = ", ".join(scenario.split()[0] for scenario in remaining)
-            raise Hung(f"{names} never finished in {ATTEMPTS} runs of L1 (the last {why}); "
-                       f"all of them are in {log}; the last ended:\n{tail}")
         warnings.warn(f"nested harness: L1 {why}; booting it again for {', '.join(s.split()[0] for s in remaining)} "
                       f"(attempt {attempt} is in {log}); it ended:\n{output[-3000:]}")
     runs = {}
