@@ -117,13 +117,14 @@ fn reboot_guest_resets_three_ways_in_the_same_process() {
     }
     assert!(run.stderr.contains("(boot 4)"), "{}", run.stderr);
     // Where the guest was: its empty IDT (limit 0) is why the #UD became a
-    // triple fault.
-    assert!(
-        run.stderr.contains("vCPU 0 triple-faulted at rip 0x")
-            && run.stderr.contains("idt 0x0+0x0)"),
-        "{}",
-        run.stderr
-    );
+    // triple fault. AMD's KVM resets the vCPU before reporting it, and
+    // then the log says that instead.
+    let registers_kept = run.stderr.contains("vCPU 0 triple-faulted at rip 0x")
+        && run.stderr.contains("idt 0x0+0x0)");
+    let registers_lost = run
+        .stderr
+        .contains("vCPU 0 triple-faulted; KVM reset it before saying so");
+    assert!(registers_kept || registers_lost, "{}", run.stderr);
 }
 
 #[test]

@@ -258,8 +258,13 @@ fn internal_error(vcpu: &mut VcpuFd, index: usize) -> Command {
 /// A triple fault resets the guest, as on real hardware; the log says
 /// where the vCPU was, so a guest that crashed (its stack, page tables or
 /// IDT gone bad) can be told from one that reset that way on purpose.
+/// AMD's KVM puts the vCPU back in its INIT state before it reports the
+/// shutdown, so there the registers are lost, and the log says so.
 fn triple_fault(vcpu: &VcpuFd, index: usize) -> Command {
     match (vcpu.get_regs(), vcpu.get_sregs()) {
+        (Ok(regs), Ok(sregs)) if regs.rip == 0xfff0 && sregs.cs.base == 0xffff_0000 => log::info!(
+            "vCPU {index} triple-faulted; KVM reset it before saying so (as on AMD hosts), so where the guest was is not known"
+        ),
         (Ok(regs), Ok(sregs)) => log::info!(
             "vCPU {index} triple-faulted at rip {:#x} (rsp {:#x}, cr0 {:#x}, cr2 {:#x}, cr3 {:#x}, cr4 {:#x}, idt {:#x}+{:#x})",
             regs.rip,
