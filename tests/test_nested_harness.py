@@ -105,3 +105,17 @@ def test_a_run_that_finished_with_trouble_is_kept_when_later_l1s_do_worse(l1):
     assert len(given) == harness.ATTEMPTS
     assert "triple fault" in runs["one"]["stderr"]
     assert harness.value(runs["one"], "exit") == "0"
+
+
+def test_a_vm_killed_as_stuck_runs_again_and_an_earlier_finish_beats_a_later_trouble(l1):
+    script, given = l1
+    stuck = "L1: one stuck: its VM was killed after 600 s\n"
+    crash = "L1: one stderr | vmpod: info: the guest reset (triple fault): booting it again\n"
+    script.append((scenario_output("one", extra=crash), True))
+    for _ in range(harness.ATTEMPTS - 1):
+        script.append((scenario_output("one", exit_status=137, extra=stuck), True))
+    with pytest.warns(UserWarning) as warned:
+        runs = harness.run("vmpod", SCENARIOS[0])
+    assert "saw a stuck VM killed (during one)" in str(warned[-1].message)
+    assert len(given) == harness.ATTEMPTS
+    assert harness.value(runs["one"], "exit") == "0"

@@ -41,6 +41,8 @@ TROUBLE_SECONDS = 60
 L1_KERNEL_TROUBLE = ("Kernel panic", "BUG: soft lockup", "corrupted stack end", "stack guard page was hit")
 # What vmpod logs when its guest triple-faults.
 L2_TRIPLE_FAULT = "the guest reset (triple fault)"
+# What l1-init prints when a scenario's watchdog kills a VM that did not end.
+VM_STUCK = "stuck: its VM was killed"
 # L1 prints a scenario's output when its VM has ended; meanwhile a RESULT
 # line at each step, and l1-init's own waits give up after 180 s (the cloud
 # scenario says it is alive every 95 s). This long without a line is a stall.
@@ -136,6 +138,11 @@ def environment_trouble(part):
     # where the same vmpod passed before and after.
     if L2_TRIPLE_FAULT in part:
         return "saw an L2 guest triple-fault"
+    # A guest that stopped (L2's vCPUs no longer run, or it waits for
+    # something forever) has been seen in a run that went on to fail in
+    # other ways; run again, its console and vmpod's threads are logged.
+    if VM_STUCK in part:
+        return "saw a stuck VM killed"
     return None
 
 
@@ -160,7 +167,7 @@ def run(vmpod_binary, *scenarios, timeout=900, vnc_port=None, when=None):
     # One log per set of scenarios, so a later run does not overwrite it.
     log = prepared / f"run-{scenarios[0].split()[0]}.log"
     env = dict(os.environ, VMPOD_VNC_PORT=str(vnc_port)) if vnc_port else None
-    # kept: scenarios that finished cleanly; fallback: the last run of each
+    # kept: scenarios that finished cleanly; fallback: the first run of each
     # that finished, but with trouble (better than none if later L1s fail).
     remaining, kept, fallback, outputs = list(scenarios), {}, {}, []
     for attempt in range(1, ATTEMPTS + 1):
@@ -182,9 +189,11 @@ def run(vmpod_binary, *scenarios, timeout=900, vnc_port=None, when=None):
             trouble = environment_trouble(part)
             if trouble and attempt < ATTEMPTS:
                 why = f"{trouble} (during {name})"
-                fallback[name] = part
+                fallback.setdefault(name, part)
                 break
-            kept[name] = part
+            # In the last L1, a run with trouble is no better than the one
+            # kept from an earlier L1, which got to its end first.
+            kept[name] = fallback.get(name, part) if trouble else part
         remaining = [scenario for scenario in remaining if scenario.split()[0] not in kept]
         if remaining and attempt == ATTEMPTS:
             # A scenario that finished in an earlier L1, though with trouble,
