@@ -119,3 +119,13 @@ def test_a_vm_killed_as_stuck_runs_again_and_an_earlier_finish_beats_a_later_tro
     assert "saw a stuck VM killed (during one)" in str(warned[-1].message)
     assert len(given) == harness.ATTEMPTS
     assert harness.value(runs["one"], "exit") == "0"
+
+
+def test_l1_is_stopped_soon_after_its_own_kernel_shows_trouble_but_not_for_an_l2s(monkeypatch):
+    monkeypatch.setattr(harness, "TROUBLE_SECONDS", 1)
+    l2_stall = "echo 'L1: boot stdout | [ 30.1] rcu: INFO: rcu_preempt detected stalls on CPUs/tasks:'"
+    output, finished = harness.run_l1(["sh", "-c", f"echo 'L1: /dev/kvm ready'; {l2_stall}; sleep 3; echo end"], 30)
+    assert finished and output.endswith("end\n")
+    l1_stall = "echo '[  645.5] rcu: INFO: rcu_preempt detected stalls on CPUs/tasks:'"
+    output, finished = harness.run_l1(["sh", "-c", f"echo 'L1: /dev/kvm ready'; {l1_stall}; exec sleep 20"], 30)
+    assert not finished and "detected stalls" in output

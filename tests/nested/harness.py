@@ -38,7 +38,9 @@ ATTEMPTS = 3
 # after the first sign of trouble, L1 is stopped (its kernel's report is
 # in the output by then).
 TROUBLE_SECONDS = 60
-L1_KERNEL_TROUBLE = ("Kernel panic", "BUG: soft lockup", "corrupted stack end", "stack guard page was hit")
+# (L1 whose timers stopped firing goes on printing RCU stall reports.)
+L1_KERNEL_TROUBLE = ("Kernel panic", "BUG: soft lockup", "corrupted stack end", "stack guard page was hit",
+                     "detected stalls on CPUs/tasks")
 # What vmpod logs when its guest triple-faults.
 L2_TRIPLE_FAULT = "the guest reset (triple fault)"
 # What l1-init prints when a scenario's watchdog kills a VM that did not end.
@@ -76,13 +78,18 @@ def run_l1(command, timeout, when=None, env=None, live=None):
         now = time.monotonic()
         elapsed = now - started
         if len(lines) != seen:
+            # The reader goes on appending: look at this many, no more.
+            new = lines[seen:]
             for text, action in list(pending.items()):
-                if any(text in line for line in lines[seen:]):
+                if any(text in line for line in new):
                     del pending[text]
                     threading.Thread(target=action, daemon=True).start()
-            if troubled is None and any(sign in line for line in lines[seen:] for sign in L1_KERNEL_TROUBLE):
+            # Only L1's own lines: an L2's console (printed after its VM
+            # ended, each line starting "L1: ") does not make L1 unhealthy.
+            if troubled is None and any(sign in line for line in new if not line.startswith("L1: ")
+                                        for sign in L1_KERNEL_TROUBLE):
                 troubled = now
-            seen, last_line = len(lines), now
+            seen, last_line = seen + len(new), now
         silent = not any("L1: " in line for line in list(lines))
         stalled = now - last_line > STALL_SECONDS
         gone = troubled is not None and now - troubled > TROUBLE_SECONDS
