@@ -163,8 +163,11 @@ def run(vmpod_binary, *scenarios, timeout=900, vnc_port=None, when=None):
     L1 under TCG fails now and then whatever it runs (see ATTEMPTS): when
     it stalls, ends early or shows trouble, L1 is booted again, up to
     ATTEMPTS times in all, for the scenarios that had not finished cleanly
-    (those that had are kept). The last attempt's finished scenarios are
-    taken as they are; the tests say what went wrong in them."""
+    (those that had are kept). After the last one, a scenario that got to
+    its end only with trouble is taken as the first L1 that ended it left
+    it; the tests say what went wrong in it. One that never got to its end
+    is a Hung error carrying L1's last lines."""
+
     if shutil.which("qemu-system-x86_64") is None:
         raise Unavailable("qemu-system-x86 is not installed, so the nested Linux-guest harness cannot run")
     prepared = TARGET / "nested"
