@@ -38,9 +38,10 @@ ATTEMPTS = 3
 # after the first sign of trouble, L1 is stopped (its kernel's report is
 # in the output by then).
 TROUBLE_SECONDS = 60
-# (L1 whose timers stopped firing goes on printing RCU stall reports.)
+# (An L1 whose timers stopped firing goes on printing RCU stall and hung
+# task reports, and its L2s wait in HLT for timer interrupts.)
 L1_KERNEL_TROUBLE = ("Kernel panic", "BUG: soft lockup", "corrupted stack end", "stack guard page was hit",
-                     "detected stalls on CPUs/tasks")
+                     "detected stalls on CPUs/tasks", "blocked for more than")
 # What vmpod logs when its guest triple-faults.
 L2_TRIPLE_FAULT = "the guest reset (triple fault)"
 # What l1-init prints when a scenario's watchdog kills a VM that did not end.
