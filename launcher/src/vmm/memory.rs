@@ -161,9 +161,10 @@ pub fn create(memory_bytes: u64) -> Result<GuestRam, MemoryError> {
         let (address, mapped) = (mapping.address, mapping.len);
         ram.mappings.push(mapping);
         let host = address as *mut u8;
-        // SAFETY: [address, address + mapped) is a live private anonymous
-        // mapping with these protections and flags; `GuestRam` unmaps it
-        // only after the guest memory built on it is dropped.
+        // [address, address + mapped) is a live private anonymous mapping
+        // with these protections and flags; `GuestRam` unmaps it only after
+        // the guest memory built on it is dropped.
+        // SAFETY: the mapping above outlives the region built on it.
         let region = unsafe { MmapRegion::build_raw(host, mapped, RAM_PROTECTION, RAM_FLAGS) };
         let region = region
             .ok()
